@@ -1,0 +1,111 @@
+# Declarations of the core's cdef classes, one block per layer of DESIGN.md:
+# ring (ring.pyx), operations (ops.pyx), handles (handles.pyx), loop (loop.pyx).
+# Every .pyx file is included into _core.pyx so calls between layers stay C calls.
+
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
+
+from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe
+
+
+cdef class Ring:
+    cdef ul_ring r
+    cdef ul_cqe *harvest          # completions copied out of the CQ before they are handled
+    cdef unsigned harvest_len
+    cdef bint opened
+    cdef bint enabled
+    cdef unsigned long owner_thread
+    cdef uint64_t resizes_up
+    cdef uint64_t resizes_down
+    cdef uint64_t submitted
+    cdef uint64_t completed
+
+    cdef int open(self, unsigned entries) except -1
+    cdef int fit_harvest(self) except -1
+    cdef int enable(self) except -1
+    cdef int resize(self, unsigned sq_entries) except -1
+    cdef unsigned kernel_sq_entries(self)
+    cdef io_uring_sqe *get_sqe(self) except NULL
+    cdef int enter(self, unsigned wait_nr, long long timeout_ns) except -1
+    cdef unsigned reap(self) except? 0
+    cdef void close(self)
+
+
+cdef class Operation:
+    cdef CoreLoop loop
+    cdef uint32_t slot
+    cdef uint32_t generation      # 0 while the record is not registered with the slab
+    cdef bint cancelling
+    cdef object keep              # everything the kernel may read or write until the final CQE
+
+    cdef inline uint64_t user_data(self)
+    cdef io_uring_sqe *prepare(self) except NULL
+    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1
+    cdef int cancel(self) except -1
+
+
+cdef class OpSlab:
+    cdef list records             # slot -> Operation or None
+    cdef uint32_t *free_slots
+    cdef uint32_t nfree
+    cdef uint32_t capacity
+    cdef uint32_t live
+    cdef uint32_t next_generation
+
+    cdef int acquire(self, Operation op) except -1
+    cdef void release(self, Operation op)
+    cdef Operation lookup(self, uint64_t user_data)
+    cdef int fit(self, uint32_t floor) except -1
+
+
+cdef class Handle:
+    cdef object callback
+    cdef object args
+    cdef object context
+    cdef CoreLoop loop
+    cdef bint is_cancelled
+    cdef object source_traceback
+    cdef object repr_cache
+
+    cdef int run(self) except -1
+    cdef list repr_parts(self)
+
+
+cdef class TimerHandle(Handle):
+    cdef double when_
+    cdef uint64_t seq
+    cdef bint scheduled
+
+
+cdef class CoreLoop:
+    cdef Ring ring
+    cdef OpSlab slab
+    cdef list ready
+    cdef list ready_spare
+    cdef object ready_threadsafe   # collections.deque: appended from other threads
+    cdef list timers               # binary heap of TimerHandle ordered by (when_, seq)
+    cdef uint64_t timer_seq
+    cdef Py_ssize_t timers_cancelled
+    cdef bint closed_flag
+    cdef bint stopping_flag
+    cdef bint running_flag
+    cdef bint debug_flag
+    cdef bint forked
+    cdef object owner_pid
+    cdef double clock_resolution
+    cdef object iteration_observer
+    cdef uint64_t iterations
+    cdef Operation wakeup_op
+    cdef int wakeup_fd
+    cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
+    cdef object __weakref__
+
+    cdef inline Handle new_handle(self, callback, tuple args, context)
+    cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context)
+    cdef int push_timer(self, TimerHandle th) except -1
+    cdef TimerHandle pop_timer(self)
+    cdef int rebuild_timers(self) except -1
+    cdef int fit_ring(self) except -1
+    cdef int run_once(self) except -1
+    cdef int dispatch_completions(self) except -1
+    cdef int drain_operations(self, double deadline) except -1
+    cdef int check_usable(self) except -1

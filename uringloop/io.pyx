@@ -1,0 +1,221 @@
+# Layer 4, readiness: add_reader/add_writer with asyncio's level-triggered meaning, and the
+# "wait until this fd is readable/writable" future that sock_* calls, pipes and subprocesses
+# build on. Each armed poll is a one-shot POLL_ADD, so it counts in `pending` like any other
+# operation and is re-armed while its callback stays registered.
+
+
+cdef extern from "poll.h":
+    enum:
+        POLLIN
+        POLLOUT
+        POLLERR
+        POLLHUP
+        POLLPRI
+
+READABLE = POLLIN
+WRITABLE = POLLOUT
+
+
+cdef int fileobj_to_fd(fileobj) except -1:
+    cdef int fd
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+cdef class WatchPoll(Operation):
+    """The POLL_ADD behind one direction of an FdWatch."""
+    cdef FdWatch watch
+    cdef bint for_write
+
+    cdef int arm(self) except -1:
+        cdef io_uring_sqe *sqe = self.prepare()
+        sqe.opcode = IORING_OP_POLL_ADD
+        sqe.fd = self.watch.fd
+        sqe.poll32_events = POLLOUT if self.for_write else (POLLIN | POLLPRI)
+        return 0
+
+    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        self.cancelling = False
+        self.watch.fired(self, res)
+        return 0
+
+
+cdef class FdWatch:
+    """The reader and writer callbacks registered for one fd."""
+    cdef IOLoop loop
+    cdef int fd
+    cdef Handle reader
+    cdef Handle writer
+    cdef WatchPoll read_poll
+    cdef WatchPoll write_poll
+
+    def __cinit__(self, IOLoop loop, int fd):
+        self.loop = loop
+        self.fd = fd
+        self.read_poll = WatchPoll.__new__(WatchPoll)
+        self.read_poll.loop = loop
+        self.read_poll.watch = self
+        self.write_poll = WatchPoll.__new__(WatchPoll)
+        self.write_poll.loop = loop
+        self.write_poll.watch = self
+        self.write_poll.for_write = True
+
+    cdef int fired(self, WatchPoll poll, int32_t res) except -1:
+        cdef Handle h = self.writer if poll.for_write else self.reader
+        if h is None or h.is_cancelled:
+            self.loop.forget_watch(self)
+            return 0
+        if res < 0 and res != -ECANCELED:
+            # The fd went bad under us (closed without remove_reader): like a selector, report
+            # it ready once so the callback sees the error from its own syscall, then stop.
+            self.loop.ready.append(h)
+            return 0
+        self.loop.ready.append(h)
+        if not self.loop.closed_flag:
+            poll.arm()      # level-triggered: still ready next iteration -> fires again
+        return 0
+
+    cdef bint idle(self):
+        return (self.reader is None and self.writer is None and
+                self.read_poll.generation == 0 and self.write_poll.generation == 0)
+
+
+cdef class WaitPoll(Operation):
+    """A one-shot POLL_ADD that resolves a future with the ready events."""
+    cdef object future
+
+    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        fut = self.future
+        self.future = None
+        if fut is None or fut.done():
+            return 0
+        if res == -ECANCELED:
+            fut.cancel()
+        elif res < 0:
+            fut.set_exception(OSError(-res, os.strerror(-res)))
+        else:
+            fut.set_result(res)
+        return 0
+
+    def _on_future_done(self, fut):
+        if fut.cancelled() and self.generation != 0:
+            self.cancel()
+
+
+cdef class IOLoop(CoreLoop):
+    """CoreLoop plus fd readiness."""
+    cdef dict watches
+    cdef public object _transports   # fd -> transport (weak values), for fd-reuse checks
+
+    def __cinit__(self):
+        self.watches = {}
+        self._transports = weakref.WeakValueDictionary()
+
+    cdef FdWatch watch_for(self, int fd):
+        cdef FdWatch w = self.watches.get(fd)
+        if w is None:
+            w = FdWatch(self, fd)
+            self.watches[fd] = w
+        return w
+
+    cdef void forget_watch(self, FdWatch w):
+        if w.idle() and self.watches.get(w.fd) is w:
+            del self.watches[w.fd]
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fileobj_to_fd(fd)
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(
+                f'File descriptor {fd!r} is used by transport {transport!r}')
+
+    cdef int add_watch(self, fd, bint for_write, callback, tuple args) except -1:
+        self.check_usable()
+        cdef int fileno = fileobj_to_fd(fd)
+        if self.debug_flag:
+            self._check_callback(callback, 'add_writer' if for_write else 'add_reader')
+        cdef FdWatch w = self.watch_for(fileno)
+        cdef Handle h = self.new_handle(callback, args, None)
+        cdef WatchPoll poll
+        if for_write:
+            if w.writer is not None:
+                w.writer.cancel()
+            w.writer = h
+            poll = w.write_poll
+        else:
+            if w.reader is not None:
+                w.reader.cancel()
+            w.reader = h
+            poll = w.read_poll
+        if poll.generation == 0:
+            poll.arm()
+        return 0
+
+    cdef bint remove_watch(self, fd, bint for_write) except -1:
+        if self.closed_flag:
+            return False
+        cdef int fileno = fileobj_to_fd(fd)
+        cdef FdWatch w = self.watches.get(fileno)
+        if w is None:
+            return False
+        cdef Handle h = w.writer if for_write else w.reader
+        cdef WatchPoll poll = w.write_poll if for_write else w.read_poll
+        if for_write:
+            w.writer = None
+        else:
+            w.reader = None
+        if poll.generation != 0:
+            poll.cancel()
+        self.forget_watch(w)
+        if h is None:
+            return False
+        h.cancel()
+        return True
+
+    def add_reader(self, fd, callback, *args):
+        """Start watching fd for reading: callback(*args) runs while fd is readable."""
+        self._ensure_fd_no_transport(fd)
+        self.add_watch(fd, False, callback, args)
+
+    def remove_reader(self, fd):
+        """Stop watching fd for reading; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self.remove_watch(fd, False)
+
+    def add_writer(self, fd, callback, *args):
+        """Start watching fd for writing: callback(*args) runs while fd is writable."""
+        self._ensure_fd_no_transport(fd)
+        self.add_watch(fd, True, callback, args)
+
+    def remove_writer(self, fd):
+        """Stop watching fd for writing; return whether it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self.remove_watch(fd, True)
+
+    cdef object wait_fd(self, int fd, uint32_t events):
+        """A future resolved with the poll events once fd is ready for `events`; cancelling
+        the future cancels the poll (and the record lives on until its final CQE)."""
+        cdef WaitPoll op = WaitPoll.__new__(WaitPoll)
+        op.loop = self
+        fut = self.create_future()
+        op.future = fut
+        cdef io_uring_sqe *sqe = op.prepare()
+        sqe.opcode = IORING_OP_POLL_ADD
+        sqe.fd = fd
+        sqe.poll32_events = events
+        fut.add_done_callback(op._on_future_done)
+        return fut
+
+    def _wait_readable(self, fd):
+        return self.wait_fd(fileobj_to_fd(fd), POLLIN)
+
+    def _wait_writable(self, fd):
+        return self.wait_fd(fileobj_to_fd(fd), POLLOUT)

@@ -1,0 +1,528 @@
+# Layer 3: the loop core. Scheduling (ready queue, timer heap), the iteration, and the ring's
+# self-sizing. Generic asyncio logic that does not touch the mechanism (executors, DNS,
+# exception handler, task factory, async generators, create_connection's address juggling)
+# comes from asyncio.BaseEventLoop, which the public Loop class also inherits: that is the
+# split CPython draws between base_events.py and its selector/proactor mechanisms.
+
+from libc.stdint cimport uint64_t, int32_t
+from libc.errno cimport errno
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.unistd cimport close as fd_close, write as fd_write
+
+cdef extern from "sys/eventfd.h" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+        EFD_NONBLOCK
+
+# The longest single wait; asyncio uses the same bound (24 hours) for selectors.
+cdef double MAXIMUM_WAIT = 24 * 3600.0
+# A heap with more cancelled timers than this share of its size gets compacted.
+cdef Py_ssize_t MIN_CANCELLED_TIMERS = 100
+cdef double MIN_CANCELLED_FRACTION = 0.5
+# How long close() waits for cancelled operations to deliver their final CQE.
+cdef double DRAIN_TIMEOUT = 5.0
+
+# Records whose final CQE never came before their ring was closed (close() from a thread the
+# ring is not bound to, or a drain that timed out). The kernel may still write into their
+# memory while it tears the ring down, so they are kept alive for the life of the process.
+cdef list _orphaned_operations = []
+
+cdef object _all_loops = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for loop in list(_all_loops):
+        (<CoreLoop>loop).forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline double monotonic():
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class CoreLoop:
+    def __cinit__(self):
+        self.ring = Ring()
+        self.slab = OpSlab()
+        self.ready = []
+        self.ready_spare = []
+        self.ready_threadsafe = collections.deque()
+        self.timers = []
+        self.closed_flag = True        # until the ring exists: __del__ must not warn
+        self.wakeup_fd = -1
+
+    def __init__(self):
+        cdef int fd
+        self.ring.open(1)
+        fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if fd < 0:
+            self.ring.close()
+            err = errno
+            raise OSError(err, 'eventfd: ' + os.strerror(err))
+        self.wakeup_fd = fd
+        self.owner_pid = os.getpid()
+        self.clock_resolution = time.get_clock_info('monotonic').resolution
+        self.closed_flag = False
+        self.wakeup_op = WakeupRead.__new__(WakeupRead)
+        self.wakeup_op.loop = self
+        (<WakeupRead>self.wakeup_op).arm()
+        _all_loops.add(self)
+
+    # -- state, as asyncio's private attributes other asyncio code reads ------------------
+
+    @property
+    def _closed(self):
+        return self.closed_flag
+
+    @_closed.setter
+    def _closed(self, value):
+        # BaseEventLoop.__init__ assigns False; the ring decides whether the loop is open.
+        pass
+
+    @property
+    def _stopping(self):
+        return self.stopping_flag
+
+    @_stopping.setter
+    def _stopping(self, value):
+        self.stopping_flag = bool(value)
+
+    @property
+    def _debug(self):
+        return self.debug_flag
+
+    @_debug.setter
+    def _debug(self, value):
+        self.debug_flag = bool(value)
+
+    @property
+    def _ready(self):
+        return self.ready
+
+    @_ready.setter
+    def _ready(self, value):
+        pass
+
+    @property
+    def _scheduled(self):
+        return self.timers
+
+    @_scheduled.setter
+    def _scheduled(self, value):
+        pass
+
+    cdef int check_usable(self) except -1:
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+        if self.forked:
+            raise RuntimeError(
+                'this uringloop loop was created in the parent process before fork(); its '
+                'io_uring belongs to the parent. Create a new loop in the child '
+                '(uringloop.new_event_loop()).')
+        return 0
+
+    def _check_closed(self):
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+
+    def is_closed(self):
+        """Return True if the event loop was closed."""
+        return self.closed_flag
+
+    def is_running(self):
+        """Return True if the event loop is running."""
+        return self.running_flag
+
+    def get_debug(self):
+        return self.debug_flag
+
+    def set_debug(self, enabled):
+        self.debug_flag = bool(enabled)
+        if self.running_flag:
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, self.debug_flag)
+
+    def time(self):
+        """Return the time according to the event loop's clock (time.monotonic())."""
+        return monotonic()
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    cdef inline Handle new_handle(self, callback, tuple args, context):
+        cdef Handle h = Handle.__new__(Handle)
+        h.callback = callback
+        h.args = args
+        h.loop = self
+        h.context = PyContext_CopyCurrent() if context is None else context
+        if self.debug_flag:
+            h.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+        return h
+
+    def call_soon(self, callback, *args, context=None):
+        """Arrange for a callback to be called as soon as possible, in FIFO order."""
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+        if self.debug_flag:
+            self._check_thread()
+            self._check_callback(callback, 'call_soon')
+        cdef Handle h = self.new_handle(callback, args, context)
+        self.ready.append(h)
+        return h
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        """Like call_soon(), but thread-safe: wakes the loop from another thread."""
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+        if self.debug_flag:
+            self._check_callback(callback, 'call_soon_threadsafe')
+        cdef Handle h = self.new_handle(callback, args, context)
+        self.ready_threadsafe.append(h)
+        self._write_to_self()
+        return h
+
+    def _write_to_self(self):
+        cdef uint64_t one = 1
+        # One write per wake-up is enough: the flag is cleared when the eventfd READ
+        # completes, before the thread-safe queue is drained, so no callback is stranded.
+        if self.wakeup_armed_write or self.wakeup_fd < 0:
+            return
+        self.wakeup_armed_write = True
+        with nogil:
+            fd_write(self.wakeup_fd, &one, 8)
+
+    def call_later(self, delay, callback, *args, context=None):
+        """Arrange for a callback to be called after `delay` seconds."""
+        if delay is None:
+            raise TypeError('delay must not be None')
+        cdef double d = delay
+        return self.call_at(monotonic() + d, callback, *args, context=context)
+
+    def call_at(self, when, callback, *args, context=None):
+        """Arrange for a callback to be called at absolute time `when` (loop.time())."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+        if self.debug_flag:
+            self._check_thread()
+            self._check_callback(callback, 'call_at')
+        return self.schedule_timer(when, callback, args, context)
+
+    cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context):
+        cdef TimerHandle th = TimerHandle.__new__(TimerHandle)
+        th.callback = callback
+        th.args = args
+        th.loop = self
+        th.context = PyContext_CopyCurrent() if context is None else context
+        if self.debug_flag:
+            th.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+        th.when_ = when
+        self.push_timer(th)
+        return th
+
+    def _timer_handle_cancelled(self, handle):
+        if (<TimerHandle>handle).scheduled:
+            self.timers_cancelled += 1
+
+    cdef int push_timer(self, TimerHandle th) except -1:
+        cdef list heap = self.timers
+        cdef Py_ssize_t pos, parent
+        cdef TimerHandle p
+        th.seq = self.timer_seq
+        self.timer_seq += 1
+        th.scheduled = True
+        heap.append(th)
+        pos = len(heap) - 1
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            p = <TimerHandle>heap[parent]
+            if p.when_ < th.when_ or (p.when_ == th.when_ and p.seq < th.seq):
+                break
+            heap[pos] = p
+            pos = parent
+        heap[pos] = th
+        return 0
+
+    cdef TimerHandle pop_timer(self):
+        cdef list heap = self.timers
+        cdef TimerHandle top = <TimerHandle>heap[0]
+        cdef TimerHandle last = <TimerHandle>heap.pop()
+        cdef Py_ssize_t n = len(heap), pos = 0, child
+        cdef TimerHandle c, r
+        top.scheduled = False
+        if n == 0:
+            return top
+        while True:
+            child = 2 * pos + 1
+            if child >= n:
+                break
+            c = <TimerHandle>heap[child]
+            if child + 1 < n:
+                r = <TimerHandle>heap[child + 1]
+                if r.when_ < c.when_ or (r.when_ == c.when_ and r.seq < c.seq):
+                    child += 1
+                    c = r
+            if last.when_ < c.when_ or (last.when_ == c.when_ and last.seq < c.seq):
+                break
+            heap[pos] = c
+            pos = child
+        heap[pos] = last
+        return top
+
+    cdef int rebuild_timers(self) except -1:
+        cdef list live = []
+        cdef TimerHandle th
+        for th in self.timers:
+            if th.is_cancelled:
+                th.scheduled = False
+            else:
+                live.append(th)
+        self.timers = []
+        self.timers_cancelled = 0
+        # Re-push in (when, seq) order keeps FIFO among equal deadlines.
+        live.sort(key=_timer_key)
+        for th in live:
+            self.timers.append(th)
+            th.scheduled = True
+        return 0
+
+    def stop(self):
+        """Stop running the event loop after the current iteration."""
+        self.stopping_flag = True
+
+    # -- the iteration ------------------------------------------------------------------------
+
+    def ring_stats(self):
+        """A read-only snapshot of the ring: capacity (SQ entries, as the kernel reports them),
+        cq_capacity, pending operations, resizes up and down, SQEs submitted, CQEs completed,
+        io_uring_enter calls and loop iterations."""
+        if self.ring.opened:
+            cap = self.ring.kernel_sq_entries()
+            cq = self.ring.r.cq_entries
+        else:
+            cap = cq = 0
+        return RingStats(cap, cq, self.slab.live, self.ring.resizes_up,
+                         self.ring.resizes_down, self.ring.submitted, self.ring.completed,
+                         self.ring.r.enters, self.iterations)
+
+    def _set_iteration_observer(self, observer):
+        """Testing aid: observer(ring_stats()) is called at every iteration entry, right after
+        the ring has been sized, before anything is submitted. None removes it."""
+        self.iteration_observer = observer
+
+    cdef int fit_ring(self) except -1:
+        cdef unsigned need = next_power_of_two(self.slab.live + 1)
+        if self.ring.r.sq_entries != need:
+            self.ring.resize(need)
+            self.slab.fit(need)
+        if self.debug_flag:
+            cap = self.ring.kernel_sq_entries()
+            if cap != need or self.ring.r.cq_entries != 2 * need:
+                raise AssertionError(
+                    'ring invariant broken at iteration entry: SQ %d CQ %d for %d pending'
+                    % (cap, self.ring.r.cq_entries, self.slab.live))
+        if self.iteration_observer is not None:
+            self.iteration_observer(self.ring_stats())
+        return 0
+
+    cdef int run_once(self) except -1:
+        cdef Py_ssize_t ntimers, i, ntodo
+        cdef TimerHandle th
+        cdef Handle h
+        cdef double timeout, now, end_time, t0, dt
+        cdef long long timeout_ns
+        cdef list todo
+
+        self.iterations += 1
+        self.fit_ring()
+
+        ntimers = len(self.timers)
+        if (ntimers > MIN_CANCELLED_TIMERS and
+                self.timers_cancelled > ntimers * MIN_CANCELLED_FRACTION):
+            self.rebuild_timers()
+        else:
+            while self.timers and (<TimerHandle>self.timers[0]).is_cancelled:
+                self.pop_timer()
+                self.timers_cancelled -= 1
+
+        if self.ready or self.stopping_flag or self.ready_threadsafe:
+            timeout_ns = 0
+        elif self.timers:
+            timeout = (<TimerHandle>self.timers[0]).when_ - monotonic()
+            if timeout < 0:
+                timeout = 0
+            elif timeout > MAXIMUM_WAIT:
+                timeout = MAXIMUM_WAIT
+            timeout_ns = <long long>(timeout * 1e9)
+        else:
+            timeout_ns = -1
+
+        if timeout_ns != 0:
+            self.ring.enter(1, timeout_ns)
+        elif ul_sq_queued(&self.ring.r) or ul_has_work(&self.ring.r):
+            # Nothing to wait for, but SQEs to submit or completions to collect. When neither
+            # holds (TASKRUN_FLAG tells us), a busy iteration skips the syscall entirely.
+            self.ring.enter(0, 0)
+        self.dispatch_completions()
+
+        while self.ready_threadsafe:
+            self.ready.append(self.ready_threadsafe.popleft())
+
+        end_time = monotonic() + self.clock_resolution
+        while self.timers:
+            th = <TimerHandle>self.timers[0]
+            if th.is_cancelled:
+                self.pop_timer()
+                self.timers_cancelled -= 1
+                continue
+            if th.when_ >= end_time:
+                break
+            self.pop_timer()
+            self.ready.append(th)
+
+        # Only what is ready now runs in this iteration; callbacks they schedule wait for the
+        # next one, after the ring has been polled again.
+        todo = self.ready
+        self.ready = self.ready_spare
+        ntodo = len(todo)
+        i = 0
+        try:
+            while i < ntodo:
+                h = <Handle>todo[i]
+                i += 1
+                if h.is_cancelled:
+                    continue
+                if self.debug_flag:
+                    self._current_handle = h
+                    t0 = monotonic()
+                    try:
+                        h.run()
+                    finally:
+                        self._current_handle = None
+                    dt = monotonic() - t0
+                    if dt >= self.slow_callback_duration:
+                        logger.warning('Executing %s took %.3f seconds',
+                                       base_events._format_handle(h), dt)
+                else:
+                    h.run()
+        finally:
+            if i < ntodo:
+                # A callback raised SystemExit/KeyboardInterrupt: keep the rest for later.
+                self.ready[:0] = todo[i:ntodo]
+            todo.clear()
+            self.ready_spare = todo
+        return 0
+
+    cdef int dispatch_completions(self) except -1:
+        cdef unsigned n, i
+        cdef ul_cqe *c
+        cdef Operation op
+        cdef bint final
+        while True:
+            n = self.ring.reap()
+            if n == 0:
+                return 0
+            for i in range(n):
+                c = &self.ring.harvest[i]
+                op = self.slab.lookup(c.user_data)
+                if op is None:
+                    continue            # a stale completion for a slot that moved on
+                final = (c.flags & IORING_CQE_F_MORE) == 0
+                if final:
+                    self.slab.release(op)
+                try:
+                    op.complete(c.res, c.flags, final)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.call_exception_handler({
+                        'message': 'Exception in completion of %r' % (op,),
+                        'exception': exc,
+                    })
+            if n < self.ring.harvest_len:
+                return 0
+
+    def run_forever(self):
+        """Run the event loop until stop() is called."""
+        self._check_closed()
+        self.check_usable()
+        self._check_running()
+        self.ring.enable()
+        self._set_coroutine_origin_tracking(self.debug_flag)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                               finalizer=self._asyncgen_finalizer_hook)
+        self.running_flag = True
+        try:
+            events._set_running_loop(self)
+            while True:
+                self.run_once()
+                if self.stopping_flag:
+                    break
+        finally:
+            self.stopping_flag = False
+            self.running_flag = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    cdef int drain_operations(self, double deadline) except -1:
+        """Cancel every operation still in the kernel and reap until each final CQE is in."""
+        cdef Operation op
+        for op in [r for r in self.slab.records if r is not None]:
+            if not isinstance(op, CancelOp):
+                op.cancel()
+        while self.slab.live and monotonic() < deadline:
+            self.ring.enter(1, 50 * 1000 * 1000)
+            self.dispatch_completions()
+        return 0
+
+    def close(self):
+        """Close the event loop: cancel and reap every in-flight operation, release the ring,
+        shut the default executor down without waiting. The loop must not be running."""
+        if self.running_flag:
+            raise RuntimeError("Cannot close a running event loop")
+        if self.closed_flag:
+            return
+        if self.debug_flag:
+            logger.debug("Close %r", self)
+        if self.ring.enabled and not self.forked and \
+                threading.get_ident() == self.ring.owner_thread:
+            self.drain_operations(monotonic() + DRAIN_TIMEOUT)
+        if self.slab.live and self.ring.enabled:
+            # The kernel may still write into these records' memory while it tears the ring
+            # down: they must outlive this loop.
+            _orphaned_operations.extend(r for r in self.slab.records if r is not None)
+        self.closed_flag = True
+        self.ready.clear()
+        self.ready_threadsafe.clear()
+        self.timers.clear()
+        self.ring.close()
+        if self.wakeup_fd >= 0:
+            fd_close(self.wakeup_fd)
+            self.wakeup_fd = -1
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __dealloc__(self):
+        if self.ring is not None and self.ring.opened and self.slab is not None \
+                and self.slab.live and self.ring.enabled:
+            _orphaned_operations.extend(r for r in self.slab.records if r is not None)
+        if self.wakeup_fd >= 0:
+            fd_close(self.wakeup_fd)
+            self.wakeup_fd = -1
+
+
+def _timer_key(TimerHandle th):
+    return (th.when_, th.seq)

@@ -1,0 +1,149 @@
+/*
+ * uringloop's ring layer: raw io_uring syscalls, the shared-memory rings and their resize.
+ *
+ * Why not liburing: no release before 2.9 can resize a ring, Debian 12 ships 2.3 (which also
+ * corrupts the ring header under IORING_SETUP_NO_SQARRAY), and the project must build with a C
+ * compiler and the Python headers alone. The layer is small on purpose: everything above it
+ * (operation records, the loop) is Cython.
+ */
+#ifndef URINGLOOP_RING_H
+#define URINGLOOP_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/io_uring.h>
+
+/* The system UAPI header may be older than the kernel (Debian 12 ships 6.1's): define what
+ * appeared since, guarded so a newer header wins. */
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)
+#endif
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16)
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+#ifndef IORING_ENTER_EXT_ARG
+#define IORING_ENTER_EXT_ARG (1U << 3)
+#endif
+#ifndef IORING_CQE_F_NOTIF
+#define IORING_CQE_F_NOTIF (1U << 3)
+#endif
+#ifndef IORING_ACCEPT_MULTISHOT
+#define IORING_ACCEPT_MULTISHOT (1U << 0)
+#endif
+#ifndef IORING_RECV_MULTISHOT
+#define IORING_RECV_MULTISHOT (1U << 1)
+#endif
+#ifndef IORING_POLL_ADD_MULTI
+#define IORING_POLL_ADD_MULTI (1U << 0)
+#endif
+#define UL_REGISTER_ENABLE_RINGS 12
+#define UL_REGISTER_PBUF_RING 22
+#define UL_UNREGISTER_PBUF_RING 23
+#define UL_REGISTER_RESIZE_RINGS 33
+#define UL_OP_WAITID 50
+#define UL_OFF_PBUF_RING 0x80000000ULL
+
+/* One completion copied out of the CQ, so the CQ can be resized while it is being handled. */
+typedef struct ul_cqe {
+    uint64_t user_data;
+    int32_t res;
+    uint32_t flags;
+} ul_cqe;
+
+typedef struct ul_ring {
+    int fd;
+    unsigned setup_flags;
+    unsigned features;
+
+    void *ring_map;        /* SQ and CQ rings share one mapping (IORING_FEAT_SINGLE_MMAP) */
+    size_t ring_map_size;
+    struct io_uring_sqe *sqes;
+    size_t sqes_map_size;
+
+    unsigned *sq_khead;
+    unsigned *sq_ktail;
+    unsigned *sq_kflags;
+    unsigned *sq_array;    /* NULL under IORING_SETUP_NO_SQARRAY */
+    unsigned sq_entries;
+    unsigned sq_mask;
+    unsigned sq_tail;      /* ours: SQEs handed out; published to *sq_ktail on submit */
+    unsigned sq_published; /* the tail value the kernel has been shown */
+
+    unsigned *cq_khead;
+    unsigned *cq_ktail;
+    struct io_uring_cqe *cqes;
+    unsigned cq_entries;
+    unsigned cq_mask;
+
+    struct io_sqring_offsets sq_off;
+    struct io_cqring_offsets cq_off;
+
+    uint64_t enters;
+} ul_ring;
+
+/* All return 0 (or a count) on success and -errno on failure. */
+int ul_ring_init(ul_ring *ring, unsigned entries);
+void ul_ring_exit(ul_ring *ring);
+int ul_ring_resize(ul_ring *ring, unsigned sq_entries);
+int ul_ring_probe_resize(ul_ring *ring);
+int ul_ring_enable(ul_ring *ring);
+
+/* NULL when all sq_entries slots hold SQEs the kernel has not consumed yet. */
+struct io_uring_sqe *ul_get_sqe(ul_ring *ring);
+unsigned ul_sq_queued(const ul_ring *ring);
+unsigned ul_kernel_sq_entries(const ul_ring *ring);
+
+/* Publish queued SQEs and, in the same io_uring_enter, wait for wait_nr completions for at
+ * most timeout_ns (< 0: no limit). Returns the number of SQEs consumed, or -errno; -ETIME and
+ * -EINTR are reported as such. */
+int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns);
+/* Copy up to max ready CQEs into out and release their slots. */
+unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned max);
+unsigned ul_cq_ready(const ul_ring *ring);
+/* True when completions or deferred task work wait for an io_uring_enter(GETEVENTS). */
+int ul_has_work(const ul_ring *ring);
+
+/* Provided-buffer ring (IORING_REGISTER_PBUF_RING with IOU_PBUF_RING_MMAP unused: we own the
+ * memory). entries must be a power of two. */
+typedef struct ul_pbuf_ring {
+    struct io_uring_buf_ring *br;
+    size_t map_size;
+    unsigned entries;
+    unsigned mask;
+    unsigned short bgid;
+    unsigned short tail;   /* ours; published with a release store */
+} ul_pbuf_ring;
+
+int ul_pbuf_ring_register(ul_ring *ring, ul_pbuf_ring *pbr, unsigned entries, unsigned short bgid);
+int ul_pbuf_ring_unregister(ul_ring *ring, ul_pbuf_ring *pbr);
+void ul_pbuf_ring_add(ul_pbuf_ring *pbr, void *addr, unsigned len, unsigned short bid, int offset);
+void ul_pbuf_ring_advance(ul_pbuf_ring *pbr, int count);
+
+/* SQE preparation: every field the op uses is set; the SQE was zeroed by ul_get_sqe. */
+static inline void ul_prep_rw(struct io_uring_sqe *sqe, int op, int fd, const void *addr,
+                              unsigned len, uint64_t off, uint64_t user_data)
+{
+    sqe->opcode = (uint8_t)op;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->len = len;
+    sqe->off = off;
+    sqe->user_data = user_data;
+}
+
+#endif
