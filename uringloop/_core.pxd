@@ -21,6 +21,7 @@ cdef class Ring:
 
     cdef int open(self, unsigned entries) except -1
     cdef int fit_harvest(self) except -1
+    cdef int check_thread(self) except -1
     cdef int enable(self) except -1
     cdef int resize(self, unsigned sq_entries) except -1
     cdef unsigned kernel_sq_entries(self)

@@ -51,14 +51,17 @@ cdef class Ring:
             self.harvest_len = self.r.cq_entries
         return 0
 
+    cdef int check_thread(self) except -1:
+        if self.enabled and threading.get_ident() != self.owner_thread:
+            raise RuntimeError(
+                "this uringloop loop already ran in another thread; its io_uring is bound "
+                "to that thread (IORING_SETUP_SINGLE_ISSUER): create one loop per thread")
+        return 0
+
     cdef int enable(self) except -1:
-        import threading
         cdef int err
+        self.check_thread()
         if self.enabled:
-            if threading.get_ident() != self.owner_thread:
-                raise RuntimeError(
-                    "this uringloop loop already ran in another thread; its io_uring is bound "
-                    "to that thread (IORING_SETUP_SINGLE_ISSUER): create one loop per thread")
             return 0
         err = ul_ring_enable(&self.r)
         if err < 0:

@@ -1,0 +1,259 @@
+"""The ring sizes itself: at every iteration entry SQ == next_power_of_two(pending + 1), CQ == 2 x SQ.
+
+Hypothesis drives random mixes of operations that really go through the kernel (POLL_ADD on
+socketpairs and eventfds, reads that time out, cancellations) and checks, at every iteration
+entry, the capacity the kernel reports against the loop's pending count; that each operation's
+outcome arrives exactly once; and that the ring returns to its idle size when the work ends.
+"""
+import asyncio
+import os
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import uringloop
+
+
+def next_power_of_two(n):
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+class Observer:
+    """Records every iteration entry and checks the invariant there."""
+
+    def __init__(self):
+        self.entries = 0
+        self.violations = []
+        self.max_capacity = 0
+
+    def __call__(self, stats):
+        self.entries += 1
+        self.max_capacity = max(self.max_capacity, stats.capacity)
+        if (stats.capacity != next_power_of_two(stats.pending + 1)
+                or stats.cq_capacity != 2 * stats.capacity):
+            self.violations.append(stats)
+
+
+class Workload:
+    """Kernel-backed operations whose outcomes are counted."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.pairs = []
+        self.eventfds = []
+        self.outcomes = {}          # op id -> list of outcomes (must end with exactly one)
+        self.tasks = []
+        self.resolutions = {}
+        self.next_id = 0
+
+    def close(self):
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+        for fd in self.eventfds:
+            os.close(fd)
+
+    def record(self, op_id, outcome):
+        self.outcomes.setdefault(op_id, []).append(outcome)
+
+    def track(self, op_id, coro):
+        task = self.loop.create_task(coro)
+        # The task's own resolution, counted once per callback: exactly one is expected.
+        task.add_done_callback(lambda t: self.resolutions.setdefault(op_id, []).append(
+            'cancelled' if t.cancelled() else repr(t.exception() or t.result())))
+        self.tasks.append((op_id, task))
+        return task
+
+    def new_id(self):
+        self.next_id += 1
+        return self.next_id
+
+    async def socket_read(self, op_id, pair, timeout):
+        a, _ = pair
+        try:
+            if timeout is None:
+                await self.loop._wait_readable(a)
+            else:
+                await asyncio.wait_for(self.loop._wait_readable(a), timeout)
+            data = a.recv(16)
+            self.record(op_id, ('data', data))
+        except asyncio.TimeoutError:
+            self.record(op_id, 'timeout')
+        except asyncio.CancelledError:
+            self.record(op_id, 'cancelled')
+            raise
+
+    async def eventfd_read(self, op_id, fd):
+        try:
+            await self.loop._wait_readable(fd)
+            value = int.from_bytes(os.read(fd, 8), 'little')
+            self.record(op_id, ('eventfd', value))
+        except asyncio.CancelledError:
+            self.record(op_id, 'cancelled')
+            raise
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just('burst'), st.integers(1, 300)),
+        st.tuples(st.just('read'), st.booleans()),
+        st.tuples(st.just('eventfd'), st.integers(1, 40)),
+        st.tuples(st.just('write'), st.integers(0, 10**6)),
+        st.tuples(st.just('cancel'), st.integers(0, 10**6)),
+        st.tuples(st.just('timed_read'), st.integers(0, 5)),
+        st.tuples(st.just('sleep'), st.integers(0, 3)),
+    ),
+    min_size=1, max_size=25)
+
+
+async def drive(loop, work, plan):
+    pending_pairs = []              # (task, pair) for plain reads still waiting for data
+    for action, arg in plan:
+        if action in ('burst', 'read'):
+            for _ in range(arg if action == 'burst' else 1):
+                pair = socket.socketpair()
+                for s in pair:
+                    s.setblocking(False)
+                work.pairs.append(pair)
+                op_id = work.new_id()
+                task = work.track(op_id, work.socket_read(op_id, pair, None))
+                pending_pairs.append((task, pair))
+        elif action == 'eventfd':
+            for _ in range(arg):
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                work.eventfds.append(fd)
+                op_id = work.new_id()
+                work.track(op_id, work.eventfd_read(op_id, fd))
+                loop.call_later(0.001 * (arg % 4), os.eventfd_write, fd, 1)
+        elif action == 'write' and pending_pairs:
+            task, pair = pending_pairs.pop(arg % len(pending_pairs))
+            pair[1].send(b'x')
+        elif action == 'cancel' and pending_pairs:
+            task, pair = pending_pairs.pop(arg % len(pending_pairs))
+            task.cancel()
+        elif action == 'timed_read':
+            pair = socket.socketpair()
+            for s in pair:
+                s.setblocking(False)
+            work.pairs.append(pair)
+            op_id = work.new_id()
+            work.track(op_id, work.socket_read(op_id, pair, arg / 1000))
+        elif action == 'sleep':
+            await asyncio.sleep(arg / 1000)
+    # Let every remaining plain read finish with data.
+    for task, pair in pending_pairs:
+        pair[1].send(b'y')
+    await asyncio.gather(*(t for _, t in work.tasks), return_exceptions=True)
+    # A few idle iterations so cancellations deliver their final CQEs.
+    for _ in range(5):
+        await asyncio.sleep(0.001)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=actions)
+def test_capacity_tracks_pending_at_every_iteration(plan):
+    loop = uringloop.new_event_loop()
+    observer = Observer()
+    loop._set_iteration_observer(observer)
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    work = Workload(loop)
+    try:
+        before = loop.ring_stats()
+        loop.run_until_complete(drive(loop, work, plan))
+        idle = loop.ring_stats()
+    finally:
+        loop.close()
+        work.close()
+
+    assert not errors, errors
+    assert observer.entries > 0
+    assert observer.violations == []
+    # Every operation resolved exactly once; one that ran reported at most one outcome
+    # (a task cancelled before its first step never runs its body).
+    for op_id, task in work.tasks:
+        assert task.done()
+        assert len(work.resolutions.get(op_id, [])) == 1, (op_id, work.resolutions.get(op_id))
+        assert len(work.outcomes.get(op_id, [])) <= 1, (op_id, work.outcomes.get(op_id))
+        if not task.cancelled():
+            assert len(work.outcomes[op_id]) == 1
+    # Idle again: only the wake-up read is in flight, the ring is back to its idle size, and
+    # every SQE submitted in between had its completion reaped.
+    assert idle.pending == 1
+    assert idle.capacity == before.capacity == 2
+    assert idle.submitted - idle.completed == 1
+
+
+def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
+    loop = uringloop.new_event_loop()
+    observer = Observer()
+    loop._set_iteration_observer(observer)
+    pairs = [socket.socketpair() for _ in range(500)]
+    for pair in pairs:
+        for s in pair:
+            s.setblocking(False)
+
+    async def main():
+        waits = [loop._wait_readable(a) for a, _ in pairs]
+        await asyncio.sleep(0.01)
+        grown = loop.ring_stats()
+        for _, b in pairs:
+            b.send(b'z')
+        await asyncio.gather(*waits)
+        await asyncio.sleep(0.01)
+        return grown, loop.ring_stats()
+
+    try:
+        grown, after = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert grown.pending == 501
+    assert grown.capacity == 512 and grown.cq_capacity == 1024
+    assert after.capacity == 2 and after.pending == 1
+    assert after.resizes_up >= 1 and after.resizes_down >= 1
+    assert observer.violations == []
+    assert observer.max_capacity == 512
+
+
+def test_no_knob():
+    """The ring has no size argument, environment variable or setter."""
+    with pytest.raises(TypeError):
+        uringloop.Loop(64)
+    loop = uringloop.new_event_loop()
+    try:
+        stats = loop.ring_stats()
+        with pytest.raises(AttributeError):
+            stats.capacity = 128
+        assert not [name for name in dir(loop) if 'capacity' in name or 'ring_size' in name]
+    finally:
+        loop.close()
+
+
+def test_debug_mode_checks_invariant_against_kernel():
+    """In debug mode the loop compares the kernel's ring size with the pending count at every
+    iteration entry; a healthy run raises nothing."""
+    loop = uringloop.new_event_loop()
+    loop.set_debug(True)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        fut = loop._wait_readable(a)
+        loop.call_later(0.005, b.send, b'q')
+        await fut
+        return loop.ring_stats()
+
+    try:
+        stats = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+    assert stats.iterations > 1
