@@ -16,6 +16,18 @@ import pytest
 import uringloop
 
 
+def open_fds():
+    """The fds open in this process, without the one listdir itself used."""
+    fds = set()
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue
+        fds.add(int(name))
+    return fds
+
+
 def test_call_soon_runs_in_fifo_order(loop):
     order = []
     for i in range(10):
@@ -81,8 +93,10 @@ def test_many_cancelled_timers_are_dropped(loop):
 def test_call_later_none_delay_is_type_error(loop):
     with pytest.raises(TypeError):
         loop.call_later(None, lambda: None)
-    with pytest.raises(TypeError):
-        loop.call_at(None, lambda: None)
+    if sys.version_info >= (3, 11) or isinstance(loop, uringloop.Loop):
+        # asyncio 3.10 accepted when=None and failed later, in the heap.
+        with pytest.raises(TypeError):
+            loop.call_at(None, lambda: None)
 
 
 def test_time_is_monotonic_clock(loop):
@@ -105,13 +119,13 @@ def test_run_until_complete_exception_propagates(loop):
 
 def test_running_loop_cannot_run_again(loop):
     async def inner():
+        assert loop.is_running()
         coro = asyncio.sleep(0)
         with pytest.raises(RuntimeError):
             loop.run_until_complete(coro)
         coro.close()
         with pytest.raises(RuntimeError):
             loop.run_forever()
-        assert loop.is_running()
         with pytest.raises(RuntimeError):
             loop.close()
     loop.run_until_complete(inner())
@@ -298,8 +312,9 @@ def test_run_in_executor_default_and_custom(loop):
         loop.set_default_executor(pool)
         tid = loop.run_until_complete(loop.run_in_executor(None, threading.get_ident))
         assert tid != threading.get_ident()
-    with pytest.raises(TypeError):
-        loop.set_default_executor(concurrent.futures.ProcessPoolExecutor)
+    if sys.version_info >= (3, 11):    # a deprecation warning before 3.11
+        with pytest.raises(TypeError):
+            loop.set_default_executor(concurrent.futures.ProcessPoolExecutor())
 
 
 def test_shutdown_default_executor(loop):
@@ -469,7 +484,7 @@ def test_loop_bound_to_first_running_thread():
 
 
 def test_close_drains_inflight_operations_and_frees_fds():
-    fds_before = set(os.listdir('/proc/self/fd'))
+    fds_before = open_fds()
     pairs = [socket.socketpair() for _ in range(20)]
     loop = uringloop.new_event_loop()
     waits = [loop._wait_readable(a) for a, _ in pairs]
@@ -485,11 +500,11 @@ def test_close_drains_inflight_operations_and_frees_fds():
         b.close()
     del loop, waits
     gc.collect()
-    assert set(os.listdir('/proc/self/fd')) == fds_before
+    assert open_fds() == fds_before
 
 
 def test_no_fd_or_loop_leak_over_many_loops():
-    fds_before = len(os.listdir('/proc/self/fd'))
+    fds_before = open_fds()
     refs = []
     for _ in range(50):
         loop = uringloop.new_event_loop()
@@ -498,7 +513,7 @@ def test_no_fd_or_loop_leak_over_many_loops():
         refs.append(weakref.ref(loop))
         del loop
     gc.collect()
-    assert len(os.listdir('/proc/self/fd')) == fds_before
+    assert open_fds() == fds_before
     assert all(r() is None for r in refs)
 
 

@@ -29,6 +29,7 @@ cdef class Handle:
         cdef object callback = self.callback
         cdef tuple args = <tuple>self.args
         cdef Py_ssize_t nargs = len(args)
+        cdef object error = None
         PyContext_Enter(self.context)
         try:
             if nargs == 0:
@@ -37,20 +38,24 @@ cdef class Handle:
                 PyObject_CallOneArg(callback, args[0])
             else:
                 PyObject_Call(callback, args, None)
-        except (SystemExit, KeyboardInterrupt):
-            raise
         except BaseException as exc:
+            error = exc
+        finally:
+            PyContext_Exit(self.context)
+        if error is not None:
+            # Reported outside the callback's context: since 3.12 the exception handler
+            # runs inside the handle's context itself, and a context cannot be entered twice.
+            if isinstance(error, (SystemExit, KeyboardInterrupt)):
+                raise error
             context = {
                 'message': 'Exception in callback ' +
                            format_helpers._format_callback_source(callback, args),
-                'exception': exc,
+                'exception': error,
                 'handle': self,
             }
             if self.source_traceback:
                 context['source_traceback'] = self.source_traceback
             self.loop.call_exception_handler(context)
-        finally:
-            PyContext_Exit(self.context)
         return 0
 
     def _run(self):
