@@ -126,10 +126,16 @@ def test_running_loop_cannot_run_again(loop):
         coro.close()
         with pytest.raises(RuntimeError):
             loop.run_forever()
+    loop.run_until_complete(inner())
+    assert not loop.is_running()
+
+
+def test_running_loop_cannot_close(loop):
+    async def inner():
         with pytest.raises(RuntimeError):
             loop.close()
     loop.run_until_complete(inner())
-    assert not loop.is_running()
+    assert not loop.is_closed()
 
 
 def test_closed_loop_refuses_work(loop_factory):
