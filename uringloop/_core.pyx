@@ -15,6 +15,7 @@ import time
 import weakref
 
 from asyncio import base_events, events, format_helpers, futures
+from asyncio import Future
 
 from uringloop.includes.ring cimport *
 

@@ -201,7 +201,12 @@ cdef class CoreLoop:
         if delay is None:
             raise TypeError('delay must not be None')
         cdef double d = delay
-        return self.call_at(monotonic() + d, callback, *args, context=context)
+        if self.closed_flag:
+            raise RuntimeError('Event loop is closed')
+        if self.debug_flag:
+            self._check_thread()
+            self._check_callback(callback, 'call_later')
+        return self.schedule_timer(monotonic() + d, callback, args, context)
 
     def call_at(self, when, callback, *args, context=None):
         """Arrange for a callback to be called at absolute time `when` (loop.time())."""
@@ -225,6 +230,10 @@ cdef class CoreLoop:
         th.when_ = when
         self.push_timer(th)
         return th
+
+    def create_future(self):
+        """Create a Future object attached to the loop."""
+        return Future(loop=self)
 
     def _timer_handle_cancelled(self, handle):
         if (<TimerHandle>handle).scheduled:

@@ -162,7 +162,7 @@ static int setup_with(ul_ring *ring, unsigned entries, unsigned flags)
     return 0;
 }
 
-int ul_ring_init(ul_ring *ring, unsigned entries)
+int ul_ring_init_sqarray(ul_ring *ring, unsigned entries, int use_sq_array)
 {
     memset(ring, 0, sizeof(*ring));
     ring->fd = -1;
@@ -172,10 +172,17 @@ int ul_ring_init(ul_ring *ring, unsigned entries)
      * thread becomes the only one allowed to submit, and loops are often created in one
      * thread and run in another. */
     base |= IORING_SETUP_R_DISABLED;
-    int err = setup_with(ring, entries, base | IORING_SETUP_NO_SQARRAY);
+    int err = -EINVAL;
+    if (!use_sq_array)
+        err = setup_with(ring, entries, base | IORING_SETUP_NO_SQARRAY);
     if (err == -EINVAL) /* kernels before 6.6 have no NO_SQARRAY; the resize probe decides */
         err = setup_with(ring, entries, base);
     return err;
+}
+
+int ul_ring_init(ul_ring *ring, unsigned entries)
+{
+    return ul_ring_init_sqarray(ring, entries, 0);
 }
 
 void ul_ring_exit(ul_ring *ring)

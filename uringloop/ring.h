@@ -98,6 +98,9 @@ typedef struct ul_ring {
 
 /* All return 0 (or a count) on success and -errno on failure. */
 int ul_ring_init(ul_ring *ring, unsigned entries);
+/* With use_sq_array, keep the SQ index array (the layout of kernels before 6.6); tests use it
+ * to exercise the resize path that must rebuild that array. */
+int ul_ring_init_sqarray(ul_ring *ring, unsigned entries, int use_sq_array);
 void ul_ring_exit(ul_ring *ring);
 int ul_ring_resize(ul_ring *ring, unsigned sq_entries);
 int ul_ring_probe_resize(ul_ring *ring);
