@@ -542,3 +542,35 @@ def test_ring_stats_record():
                                       'submitted', 'completed'}
     finally:
         loop.close()
+
+
+def test_completion_never_reaches_a_reused_fd():
+    """uvloop #645: after an fd is closed and its number reused, an operation still in flight
+    for the old file must complete for the old waiter only, never for the new one."""
+    loop = uringloop.new_event_loop()
+    try:
+        async def main():
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            old_fd = a.fileno()
+            old_wait = loop._wait_readable(old_fd)
+            await asyncio.sleep(0.005)
+            a.close()            # the in-flight poll keeps the old file alive in the kernel
+            c, d = socket.socketpair()
+            if c.fileno() != old_fd:
+                c, d = d, c
+            assert c.fileno() == old_fd
+            c.setblocking(False)
+            new_wait = loop._wait_readable(c)
+            await asyncio.sleep(0.005)
+            b.send(b'to the old file')
+            await asyncio.wait_for(old_wait, 2)
+            await asyncio.sleep(0.01)
+            assert not new_wait.done()
+            d.send(b'to the new file')
+            await asyncio.wait_for(new_wait, 2)
+            for s in (b, c, d):
+                s.close()
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -404,6 +404,9 @@ cdef class CoreLoop:
         try:
             while i < ntodo:
                 h = <Handle>todo[i]
+                # Drop the queue's reference now, as asyncio does: an object whose last owner
+                # is this handle (a finished task) must be finalized before the next one runs.
+                todo[i] = None
                 i += 1
                 if h.is_cancelled:
                     continue
@@ -420,7 +423,9 @@ cdef class CoreLoop:
                                        base_events._format_handle(h), dt)
                 else:
                     h.run()
+                h = None
         finally:
+            h = None
             if i < ntodo:
                 # A callback raised SystemExit/KeyboardInterrupt: keep the rest for later.
                 self.ready[:0] = todo[i:ntodo]
