@@ -201,8 +201,8 @@ cdef class CoreLoop:
         if delay is None:
             raise TypeError('delay must not be None')
         cdef double d = delay
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_thread()
             self._check_callback(callback, 'call_later')
