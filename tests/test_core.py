@@ -574,3 +574,22 @@ def test_completion_never_reaches_a_reused_fd():
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_close_with_readers_registered_on_ready_fds_is_prompt():
+    """A level-triggered poll re-arms itself while its fd stays ready, also during close's
+    drain: close must still cancel it and finish quickly, leaving nothing in flight."""
+    loop = uringloop.new_event_loop()
+    pairs = [socket.socketpair() for _ in range(10)]
+    for a, b in pairs:
+        b.send(b'ready')              # never read: the fd stays readable
+        loop.add_reader(a, lambda: None)
+        loop.add_writer(b, lambda: None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    t0 = time.monotonic()
+    loop.close()
+    assert time.monotonic() - t0 < 1
+    assert loop.ring_stats().pending == 0
+    for a, b in pairs:
+        a.close()
+        b.close()

@@ -499,12 +499,14 @@ cdef class CoreLoop:
     # -- closing ------------------------------------------------------------------------------
 
     cdef int drain_operations(self, double deadline) except -1:
-        """Cancel every operation still in the kernel and reap until each final CQE is in."""
+        """Cancel every operation still in the kernel and reap until each final CQE is in.
+        Completions handled meanwhile may re-arm operations (a level-triggered poll, a
+        multishot receive): every pass cancels whatever is live and not yet cancelled."""
         cdef Operation op
-        for op in [r for r in self.slab.records if r is not None]:
-            if not isinstance(op, CancelOp):
-                op.cancel()
         while self.slab.live and monotonic() < deadline:
+            for op in [r for r in self.slab.records if r is not None]:
+                if not op.cancelling and not isinstance(op, CancelOp):
+                    op.cancel()
             self.ring.enter(1, 50 * 1000 * 1000)
             self.dispatch_completions()
         return 0

@@ -87,6 +87,7 @@ cdef class OpSlab:
         slot = self.free_slots[self.nfree]
         op.slot = slot
         op.generation = self.next_generation
+        op.cancelling = False       # a new kernel request: no cancel has been asked for it
         self.next_generation += 1
         if self.next_generation == 0:
             self.next_generation = 1
