@@ -87,6 +87,7 @@ cdef class CoreLoop:
     cdef uint64_t timer_seq
     cdef Py_ssize_t timers_cancelled
     cdef bint closed_flag
+    cdef bint closing_flag         # close() is draining: completions must not re-arm
     cdef bint stopping_flag
     cdef bint running_flag
     cdef bint debug_flag

@@ -73,13 +73,19 @@ cdef class FdWatch:
         if h is None or h.is_cancelled:
             self.loop.forget_watch(self)
             return 0
-        if res < 0 and res != -ECANCELED:
+        if res == -ECANCELED:
+            # Cancelled by remove_*() followed by a new add_*() while the cancel was on its
+            # way, or by close(): only the former still wants the fd watched.
+            if not self.loop.closing_flag:
+                poll.arm()
+            return 0
+        if res < 0:
             # The fd went bad under us (closed without remove_reader): like a selector, report
             # it ready once so the callback sees the error from its own syscall, then stop.
             self.loop.ready.append(h)
             return 0
         self.loop.ready.append(h)
-        if not self.loop.closed_flag:
+        if not self.loop.closing_flag:
             poll.arm()      # level-triggered: still ready next iteration -> fires again
         return 0
 

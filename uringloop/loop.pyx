@@ -520,6 +520,7 @@ cdef class CoreLoop:
             return
         if self.debug_flag:
             logger.debug("Close %r", self)
+        self.closing_flag = True
         if self.ring.enabled and not self.forked and \
                 threading.get_ident() == self.ring.owner_thread:
             self.drain_operations(monotonic() + DRAIN_TIMEOUT)

@@ -163,7 +163,7 @@ cdef class WakeupRead(Operation):
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         self.loop.wakeup_armed_write = False
-        if not self.loop.closed_flag and not self.cancelling:
+        if not self.loop.closing_flag and not self.cancelling:
             self.arm()
         return 0
 
