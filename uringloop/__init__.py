@@ -26,12 +26,12 @@ class Loop(_CoreLoop, _asyncio.BaseEventLoop):
     Raises IoUringUnavailable when this machine cannot run it (see check_support()).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         _CoreLoop.__init__(self)
         _asyncio.BaseEventLoop.__init__(self)
 
 
-def new_event_loop():
+def new_event_loop() -> Loop:
     """Return a new uringloop event loop."""
     return Loop()
 
@@ -42,11 +42,11 @@ class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
         asyncio.set_event_loop_policy(uringloop.EventLoopPolicy())
     """
 
-    def _loop_factory(self):
+    def _loop_factory(self) -> Loop:
         return new_event_loop()
 
 
-def install():
+def install() -> None:
     """Make uringloop the loop that asyncio creates by default (sets the policy)."""
     _asyncio.set_event_loop_policy(EventLoopPolicy())
 
