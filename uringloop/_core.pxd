@@ -102,6 +102,7 @@ cdef class CoreLoop:
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
+    cdef void wake(self)
     cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context)
     cdef int push_timer(self, TimerHandle th) except -1
     cdef TimerHandle pop_timer(self)

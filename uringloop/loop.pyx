@@ -182,10 +182,13 @@ cdef class CoreLoop:
             self._check_callback(callback, 'call_soon_threadsafe')
         cdef Handle h = self.new_handle(callback, args, context)
         self.ready_threadsafe.append(h)
-        self._write_to_self()
+        self.wake()
         return h
 
     def _write_to_self(self):
+        self.wake()
+
+    cdef void wake(self):
         cdef uint64_t one = 1
         # One write per wake-up is enough: the flag is cleared when the eventfd READ
         # completes, before the thread-safe queue is drained, so no callback is stranded.
