@@ -376,6 +376,14 @@ cdef class SocketLoop(IOLoop):
         cdef AcceptOp op = self.listeners.pop(sock.fileno(), None)
         if op is not None:
             op.stop()
+            # The ACCEPT holds the listening file in the kernel until its cancellation is
+            # reaped, so close() alone would leave the port accepting for an iteration.
+            # Shutting the listener down stops it now: connects are refused at once, as
+            # they are after asyncio closes its listening socket.
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         inode = self.unix_server_inodes.pop(sock, None)
         if inode is not None:
             path = sock.getsockname()

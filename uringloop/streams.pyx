@@ -444,7 +444,9 @@ cdef class Stream:
             self.wbuf.append(b)
             self.wbuf_size += n
         else:
-            if write_direct_first:
+            # Pipes write directly first, as asyncio does: code that writes to a pipe and
+            # then reads its other end with a blocking os.read() relies on it.
+            if write_direct_first or self.kind != KIND_SOCKET:
                 if self.kind == KIND_SOCKET:
                     sent = c_send(self.fd, PyBytes_AS_STRING(b), n, MSG_NOSIGNAL | MSG_DONTWAIT)
                 else:
@@ -452,7 +454,8 @@ cdef class Stream:
                 if sent < 0:
                     if errno != EAGAIN_ and errno != EINTR_:
                         err = errno
-                        self.conn_lost += 1
+                        if self.kind != KIND_SOCKET:
+                            self.conn_lost += 1
                         self.fatal_error(_errno_exception(OSError(err, os.strerror(err))),
                                          'Fatal write error on socket transport'
                                          if self.kind == KIND_SOCKET else
@@ -502,7 +505,8 @@ cdef class Stream:
         exc = _errno_exception(OSError(-res, os.strerror(-res)))
         if self.empty_waiter is not None:
             self.empty_waiter.set_exception(exc)
-        self.conn_lost += 1
+        if self.kind != KIND_SOCKET:
+            self.conn_lost += 1
         if self.kind == KIND_SOCKET:
             self.fatal_error(exc, 'Fatal write error on socket transport')
         else:
@@ -687,15 +691,18 @@ class _TransportBase:
     def __repr__(self):
         s = _stream(self)
         info = [self.__class__.__name__]
-        if s.sock is None:
-            info.append('closed')
-        elif s.closing:
+        if s.closing and s.sock is not None:
             info.append('closing')
         info.append(f'fd={s.fd}')
-        if s.kind != KIND_WRITE_PIPE and s.sock is not None:
+        if s.sock is None:
+            info.append('closed')
+        elif s.kind == KIND_SOCKET:
             info.append('read=paused' if s.paused else 'read=polling')
-        if s.kind != KIND_READ_PIPE and s.sock is not None:
             info.append(f'write=<bufsize={s.write_buffer_size()}>')
+        else:
+            info.append('open')
+            if s.kind == KIND_WRITE_PIPE:
+                info.append(f'bufsize={s.write_buffer_size()}')
         return '<{}>'.format(' '.join(info))
 
     def is_closing(self):
@@ -781,6 +788,9 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin, asyncio.Tran
     """A TCP or Unix stream socket transport driven by io_uring."""
     __slots__ = ('_stream', '__weakref__')
 
+    # BaseEventLoop.start_tls() wraps only transports that say they can be wrapped.
+    _start_tls_compatible = True
+
     def _make_empty_waiter(self):
         s = _stream(self)
         if s.empty_waiter is not None:
@@ -789,6 +799,10 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin, asyncio.Tran
         if not s.writing():
             s.empty_waiter.set_result(None)
         return s.empty_waiter
+
+    def _force_close(self, exc):
+        # asyncio's SSL protocol closes its transport this way after a handshake failure.
+        _stream(self).close_now(exc)
 
     def _reset_empty_waiter(self):
         _stream(self).empty_waiter = None
@@ -806,6 +820,11 @@ class ReadPipeTransport(_TransportBase, _ReadingMixin, asyncio.ReadTransport):
     def _pipe(self):
         return _stream(self).sock
 
+    @_pipe.setter
+    def _pipe(self, value):
+        # asyncio's tests detach the pipe this way after closing it themselves.
+        _stream(self).sock = value
+
 
 class WritePipeTransport(_TransportBase, _WritingMixin, asyncio.WriteTransport):
     """The write end of a pipe (or FIFO, socket, character device) driven by io_uring."""
@@ -818,6 +837,11 @@ class WritePipeTransport(_TransportBase, _WritingMixin, asyncio.WriteTransport):
     @property
     def _pipe(self):
         return _stream(self).sock
+
+    @_pipe.setter
+    def _pipe(self, value):
+        # asyncio's tests detach the pipe this way after closing it themselves.
+        _stream(self).sock = value
 
 
 cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra, server):
