@@ -228,6 +228,24 @@ cdef class SocketLoop(IOLoop):
                 os.lseek(fileno, pos, os.SEEK_SET)
         return total
 
+    async def _sendfile_native(self, transp, file, offset, count):
+        # The socket is lent to sock_sendfile() for the duration: reading is paused (what
+        # arrives meanwhile is kept for the protocol), queued writes are flushed first, and
+        # write() refuses new data until the file is sent.
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count,
+                                            fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
+
     # -- transports ---------------------------------------------------------------------------
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None,

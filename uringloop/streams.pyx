@@ -19,7 +19,8 @@
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from asyncio import constants as _constants, protocols as _protocols, trsock as _trsock
+from asyncio import (constants as _constants, protocols as _protocols, trsock as _trsock,
+                     transports as _transports)
 
 cdef extern from "sys/socket.h":
     enum:
@@ -784,12 +785,24 @@ class _WritingMixin:
         _stream(self).set_write_buffer_limits(high, low)
 
 
-class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin, asyncio.Transport):
+class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
+                      _transports._FlowControlMixin):
     """A TCP or Unix stream socket transport driven by io_uring."""
     __slots__ = ('_stream', '__weakref__')
 
-    # BaseEventLoop.start_tls() wraps only transports that say they can be wrapped.
+    # BaseEventLoop.start_tls() wraps only transports that say they can be wrapped, and
+    # loop.sendfile() tries the native path only on transports that say so.
     _start_tls_compatible = True
+    _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
+
+    @property
+    def _sock_fd(self):
+        return _stream(self).fd
+
+    # asyncio's sendfile fallback reads the flow-control state as _FlowControlMixin keeps it.
+    @property
+    def _protocol_paused(self):
+        return _stream(self).protocol_paused
 
     def _make_empty_waiter(self):
         s = _stream(self)
@@ -849,6 +862,7 @@ cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra,
     transport = SocketTransport.__new__(SocketTransport)
     transport._extra = {} if extra is None else extra
     transport._stream = s
+    transport._loop = loop
     ext = transport._extra
     ext['socket'] = _trsock.TransportSocket(sock)
     try:
