@@ -256,7 +256,7 @@ def test_connection_refused(loop):
 
     async def main():
         with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection('127.0.0.1', port)
+            await asyncio.open_connection(host, port)
     run(loop, main())
 
 
@@ -469,8 +469,8 @@ def test_server_object(loop):
         assert len(server.sockets) == 2
         await server.start_serving()
         assert server.is_serving()
-        port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection('127.0.0.1', port)
+        host, port = server.sockets[0].getsockname()[:2]
+        r, w = await asyncio.open_connection(host, port)
         async with server:
             pass
         assert not server.is_serving()
@@ -478,7 +478,7 @@ def test_server_object(loop):
         await w.wait_closed()
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection('127.0.0.1', port)
+            await asyncio.open_connection(host, port)
     run(loop, main())
 
 

@@ -44,13 +44,16 @@ cdef enum StreamKind:
     KIND_READ_PIPE = 1
     KIND_WRITE_PIPE = 2
 
-# The write path (measured in benchmarks/echo.py; see benchmarks/README.md): a queued SEND
-# submitted with the iteration's single io_uring_enter, or a direct send() syscall first.
-cdef bint write_direct_first = False
+# The write path, chosen by measurement (benchmarks/echo.py, see benchmarks/README.md): a
+# direct non-blocking send() first, and a queued SEND only for what the socket did not take.
+# The queued-first path saves the syscall but puts one SEND per message in `pending`, which
+# then swings across a power of two every few iterations and resizes the ring hundreds of
+# times a second; the direct path keeps `pending` structural (one RECV per connection).
+cdef bint write_direct_first = True
 
 
 def _set_write_path(path):
-    """Benchmark aid: choose the write path being measured ('queued' or 'direct')."""
+    """Benchmark aid: choose the write path being measured ('direct' or 'queued')."""
     global write_direct_first
     if path not in ('queued', 'direct'):
         raise ValueError(path)
