@@ -256,7 +256,7 @@ def test_connection_refused(loop):
 
     async def main():
         with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection(host, port)
+            await asyncio.open_connection("127.0.0.1", port)
     run(loop, main())
 
 
