@@ -489,6 +489,8 @@ cdef class Stream:
             self.maybe_resume_protocol()
             return 0
         self.maybe_resume_protocol()
+        if self.writing():
+            return 0                  # resume_writing() wrote more: not drained after all
         if self.empty_waiter is not None:
             self.empty_waiter.set_result(None)
         if self.closing:
