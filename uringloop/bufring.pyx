@@ -152,6 +152,7 @@ cdef class BufPool:
             # final CQE.
             for op in list(self.receivers):
                 if op.group is old:
+                    op.rearm = True
                     op.cancel()
         return 0
 

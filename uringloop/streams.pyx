@@ -64,6 +64,7 @@ cdef class RecvOp(Operation):
     """The multishot receive of one Stream."""
     cdef Stream stream
     cdef BufGroup group
+    cdef bint rearm              # re-arm when the pending cancel lands (group move, resume)
 
     cdef int arm(self) except -1:
         cdef BufPool pool = (<SocketLoop>self.loop).bufpool
@@ -111,7 +112,13 @@ cdef class RecvOp(Operation):
             s.on_read_error(res)
         if final:
             self.cancelling = False
-            if res != 0 and s.wants_read() and not loop.closed_flag:
+            rearm = self.rearm
+            self.rearm = False
+            # After ECANCELED, re-arm only when asked to (the buffer pool moved the receive to
+            # a new group, or reading resumed before the pause's cancel landed): any other
+            # cancel comes from close() or from loop.close() draining the ring.
+            if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
+                    and not loop.shutting_down:
                 self.arm()
             elif self.generation == 0:
                 loop.bufpool.on_receiver_gone()
@@ -271,8 +278,12 @@ cdef class Stream:
                 and not self.eof_seen and self.conn_lost == 0)
 
     def start_reading(self):
-        if self.wants_read() and self.recv_op.generation == 0 and not self.loop.closed_flag:
+        if not self.wants_read() or self.loop.shutting_down:
+            return
+        if self.recv_op.generation == 0:
             self.recv_op.arm()
+        elif self.recv_op.cancelling:
+            self.recv_op.rearm = True
 
     cdef int stop_reading(self) except -1:
         if self.recv_op is not None and self.recv_op.generation != 0:
