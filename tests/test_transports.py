@@ -472,10 +472,10 @@ def test_server_object(loop):
         host, port = server.sockets[0].getsockname()[:2]
         r, w = await asyncio.open_connection(host, port)
         async with server:
-            pass
+            # Since 3.12, leaving the block waits for the server's connections too.
+            w.close()
+            await w.wait_closed()
         assert not server.is_serving()
-        w.close()
-        await w.wait_closed()
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(host, port)
