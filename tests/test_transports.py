@@ -581,3 +581,32 @@ def test_pipe_transport_rejects_regular_file(loop, tmp_path):
         run(loop, main())
     finally:
         f.close()
+
+
+def test_connect_accepted_socket_and_local_addr(loop):
+    async def main():
+        lsock = socket.create_server(('127.0.0.1', 0))
+        lsock.setblocking(False)
+        port = lsock.getsockname()[1]
+        local = socket.socket()
+        local.bind(('127.0.0.1', 0))
+        local_port = local.getsockname()[1]
+        local.close()
+        accept = loop.create_task(loop.sock_accept(lsock))
+        ctr, cpr = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port,
+                                                local_addr=('127.0.0.1', local_port))
+        assert ctr.get_extra_info('sockname') == ('127.0.0.1', local_port)
+        conn, _ = await accept
+        got = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                got.set_result(data)
+        str_, spr = await loop.connect_accepted_socket(P, conn)
+        ctr.write(b'over an accepted socket')
+        assert await got == b'over an accepted socket'
+        ctr.close()
+        str_.close()
+        lsock.close()
+        await asyncio.sleep(0.01)
+    run(loop, main())
