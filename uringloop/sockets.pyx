@@ -30,6 +30,7 @@ cdef class SocketLoop(IOLoop):
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
     cdef bint shutting_down          # close() is draining the ring: re-arm nothing
+    cdef bint in_completion          # a stream's completion is being handled right now
 
     def __cinit__(self):
         self.bufpool = BufPool.__new__(BufPool)
