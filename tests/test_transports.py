@@ -219,6 +219,7 @@ def test_pause_resume_reading_keeps_order(loop):
 def test_buffered_protocol_small_buffer(loop):
     async def main():
         a, b = socket.socketpair()
+        b.setblocking(False)
         received = bytearray()
         done = loop.create_future()
 
