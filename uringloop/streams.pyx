@@ -266,7 +266,6 @@ cdef class Stream:
     cdef Py_ssize_t low_water
     cdef object server
     cdef object empty_waiter
-    cdef object transport_for_server
 
     def __cinit__(self):
         self.wbuf = []
@@ -425,8 +424,8 @@ cdef class Stream:
         return 0
 
     cdef int on_read_error(self, int32_t res) except -1:
+        # OSError(errno, text) is already the subclass Python raises (ConnectionResetError...).
         exc = OSError(-res, os.strerror(-res))
-        exc = _errno_exception(exc)
         if self.kind == KIND_SOCKET:
             self.fatal_error(exc, 'Fatal read error on socket transport')
         else:
@@ -508,7 +507,7 @@ cdef class Stream:
                         err = errno
                         if self.kind != KIND_SOCKET:
                             self.conn_lost += 1
-                        self.fatal_error(_errno_exception(OSError(err, os.strerror(err))),
+                        self.fatal_error(OSError(err, os.strerror(err)),
                                          'Fatal write error on socket transport'
                                          if self.kind == KIND_SOCKET else
                                          'Fatal write error on pipe transport')
@@ -556,7 +555,7 @@ cdef class Stream:
             pass
 
     cdef int on_write_error(self, int32_t res) except -1:
-        exc = _errno_exception(OSError(-res, os.strerror(-res)))
+        exc = OSError(-res, os.strerror(-res))
         if self.empty_waiter is not None:
             self.empty_waiter.set_exception(exc)
         if self.kind != KIND_SOCKET:
@@ -707,17 +706,12 @@ cdef class Stream:
             self.sock.close()
             self.sock = None
             self.protocol = None
-            self.transport = None
+            transport = self.transport
+            self.transport = None        # breaks the transport <-> stream cycle
             server = self.server
             if server is not None:
                 self.server = None
-                _server_detach(server, self.transport_for_server)
-            self.transport_for_server = None
-
-
-cdef inline object _errno_exception(exc):
-    # OSError(errno, text) already is the subclass Python raises (ConnectionResetError...).
-    return exc
+                _server_detach(server, transport)
 
 
 if sys.version_info >= (3, 13):
@@ -930,7 +924,6 @@ cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra,
     base_events._set_nodelay(sock)
     fd = sock.fileno()
     s.init(loop, transport, sock, fd, KIND_SOCKET, protocol, server)
-    s.transport_for_server = transport
     loop._transports[fd] = transport
     if server is not None:
         _server_attach(server, transport)
