@@ -7,6 +7,9 @@
 #     pipes and character devices, picking buffers from the loop's provided-buffer ring.
 #     It stays armed across messages, so `pending` counts it once; when a CQE comes without
 #     F_MORE (ENOBUFS, CQ overflow, a buffer-group move) it is re-armed if reading is wanted.
+#     A BufferedProtocol on a socket gets a one-shot RECV into the buffer its get_buffer()
+#     returned instead (re-armed from each CQE, so still one op per connection): the kernel
+#     writes straight into the protocol's memory, which stays exported until the CQE.
 #   - SendOp: at most one SEND (sockets) or WRITE (pipes) in flight; writes made meanwhile are
 #     queued and leave together in the next one, so a busy connection batches its writes.
 # The asyncio-facing objects (SocketTransport, ReadPipeTransport, WritePipeTransport) are
@@ -67,14 +70,23 @@ def _call_soon_later(loop, callback, args):
 cdef class RecvOp(Operation):
     """The multishot receive of one Stream."""
     cdef Stream stream
-    cdef BufGroup group
+    cdef BufGroup group          # provided-buffer mode: the group the receive is armed on
     cdef bint rearm              # re-arm when the pending cancel lands (group move, resume)
+    cdef bint into               # one-shot RECV into a BufferedProtocol's own buffer
+    cdef Py_buffer view          # that buffer, exported until the CQE (`keep` holds its owner)
+    cdef bint has_view
 
     cdef int arm(self) except -1:
-        cdef BufPool pool = (<SocketLoop>self.loop).bufpool
-        cdef BufGroup g = pool.group_for_arm()
-        cdef io_uring_sqe *sqe = self.prepare()
+        cdef BufPool pool
+        cdef BufGroup g
+        cdef io_uring_sqe *sqe
+        if self.stream.buffered and self.stream.kind == KIND_SOCKET:
+            return self.arm_into()
+        pool = (<SocketLoop>self.loop).bufpool
+        g = pool.group_for_arm()
+        sqe = self.prepare()
         self.cancelling = False
+        self.into = False
         self.group = g
         g.users += 1
         pool.receivers.add(self)
@@ -89,13 +101,95 @@ cdef class RecvOp(Operation):
             sqe.off = <uint64_t>-1
         return 0
 
+    cdef int arm_into(self) except -1:
+        """A BufferedProtocol on a socket: the kernel receives straight into the buffer that
+        get_buffer() returns (no copy). One RECV at a time, re-armed from its CQE, so the
+        connection still counts once in `pending`. The buffer stays exported, and its owner
+        referenced, until the CQE: a cancelled receive never writes memory we let go of."""
+        cdef Stream s = self.stream
+        cdef io_uring_sqe *sqe
+        try:
+            buf = s.protocol.get_buffer(-1)
+            PyObject_GetBuffer(buf, &self.view, PyBUF_WRITABLE)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            s.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            return 0
+        if self.view.len == 0:
+            PyBuffer_Release(&self.view)
+            s.fatal_error(RuntimeError('get_buffer() returned an empty buffer'),
+                          'Fatal error: protocol.get_buffer() call failed.')
+            return 0
+        try:
+            sqe = self.prepare()
+        except BaseException:
+            PyBuffer_Release(&self.view)
+            raise
+        self.has_view = True
+        self.keep = buf
+        self.cancelling = False
+        self.into = True
+        sqe.opcode = IORING_OP_RECV
+        sqe.fd = s.fd
+        sqe.addr = <uint64_t><size_t>self.view.buf
+        sqe.len = <uint32_t>(self.view.len if self.view.len < 0x7fffffff else 0x7fffffff)
+        return 0
+
+    cdef void release_view(self):
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+        self.keep = None
+
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef SocketLoop loop = <SocketLoop>self.loop
         loop.in_completion = True
         try:
+            if self.into:
+                return self.handle_into(res)
             return self.handle(res, flags, final)
         finally:
             loop.in_completion = False
+
+    cdef int handle_into(self, int32_t res) except -1:
+        cdef Stream s = self.stream
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef bytes data
+        if res > 0:
+            if s.closing or s.eof_seen:
+                self.release_view()
+            elif s.paused or s.held or not s.buffered:
+                # Paused meanwhile (or the protocol changed): the bytes are in the old
+                # buffer; keep a copy for whoever reads next.
+                data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
+                self.release_view()
+                if s.paused or s.held:
+                    s.held.append(data)
+                else:
+                    s.on_chunk(PyBytes_AS_STRING(data), res)
+            else:
+                # Released first: buffer_updated() may resize the buffer it handed out.
+                self.release_view()
+                try:
+                    s.protocol.buffer_updated(res)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    s.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+        else:
+            self.release_view()
+            if res == 0:
+                s.on_eof()
+            elif res != -ECANCELED:
+                s.on_read_error(res)
+        self.cancelling = False
+        rearm = self.rearm
+        self.rearm = False
+        if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
+                and not loop.shutting_down and self.generation == 0:
+            self.arm()
+        return 0
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
@@ -130,11 +224,15 @@ cdef class RecvOp(Operation):
             # a new group, or reading resumed before the pause's cancel landed): any other
             # cancel comes from close() or from loop.close() draining the ring.
             if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                    and not loop.shutting_down:
+                    and not loop.shutting_down and self.generation == 0:
                 self.arm()
             elif self.generation == 0:
                 loop.bufpool.on_receiver_gone()
         return 0
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
 
 
 cdef class SendOp(Operation):
