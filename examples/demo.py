@@ -15,7 +15,7 @@ import uringloop
 
 def show(label, loop):
     s = loop.ring_stats()
-    print(f'{label:<34} pending={s.pending:<5} ring SQ={s.capacity:<5} CQ={s.cq_capacity:<5} '
+    print(f'{label:<38} pending={s.pending:<5} ring SQ={s.capacity:<5} CQ={s.cq_capacity:<5} '
           f'resizes up/down={s.resizes_up}/{s.resizes_down}')
 
 
