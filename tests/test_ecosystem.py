@@ -65,7 +65,7 @@ def test_uvicorn_loop_option(tmp_path):
 
 
 def test_aiohttp_server_and_client():
-    aiohttp = pytest.importorskip('aiohttp')
+    import aiohttp
     from aiohttp import web
 
     async def hello(request):
@@ -97,7 +97,7 @@ def test_aiohttp_server_and_client():
 
 
 def test_websockets_echo():
-    websockets = pytest.importorskip('websockets')
+    import websockets  # noqa: F401
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import serve
 
@@ -121,7 +121,7 @@ def test_websockets_echo():
 
 
 def test_anyio_on_uringloop():
-    anyio = pytest.importorskip('anyio')
+    import anyio
 
     async def main():
         results = []
@@ -159,7 +159,7 @@ def test_anyio_on_uringloop():
 
 def test_pytest_asyncio_suite_on_uringloop(tmp_path):
     """A pytest-asyncio test suite, unchanged, run with uringloop's policy."""
-    pytest.importorskip('pytest_asyncio')
+    import pytest_asyncio  # noqa: F401
     (tmp_path / 'conftest.py').write_text(textwrap.dedent('''
         import pytest
         import uringloop
