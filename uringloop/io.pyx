@@ -73,13 +73,20 @@ cdef class FdWatch:
         if h is None or h.is_cancelled:
             self.loop.forget_watch(self)
             return 0
-        if res < 0 and res != -ECANCELED:
+        if res == -ECANCELED:
+            # The cancel sent by a remove_*() crossed a later add_*() on the same fd (possibly
+            # a new file under a reused number): nothing became ready, so watch again without
+            # calling back.
+            if not self.loop.closing:
+                poll.arm()
+            return 0
+        if res < 0:
             # The fd went bad under us (closed without remove_reader): like a selector, report
             # it ready once so the callback sees the error from its own syscall, then stop.
             self.loop.ready.append(h)
             return 0
         self.loop.ready.append(h)
-        if not self.loop.closed_flag:
+        if not self.loop.closing:
             poll.arm()      # level-triggered: still ready next iteration -> fires again
         return 0
 
@@ -114,10 +121,18 @@ cdef class IOLoop(CoreLoop):
     """CoreLoop plus fd readiness."""
     cdef dict watches
     cdef public object _transports   # fd -> transport (weak values), for fd-reuse checks
+    cdef bint closing                # close() is draining: completions must not re-arm
 
     def __cinit__(self):
         self.watches = {}
         self._transports = weakref.WeakValueDictionary()
+
+    def close(self):
+        if self.running_flag:
+            raise RuntimeError("Cannot close a running event loop")
+        if not self.closed_flag:
+            self.closing = True
+        CoreLoop.close(self)
 
     cdef FdWatch watch_for(self, int fd):
         cdef FdWatch w = self.watches.get(fd)
