@@ -127,8 +127,10 @@ cdef class CoreLoop:
         return 0
 
     def _check_closed(self):
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        # Also the forked-child refusal: BaseEventLoop checks this before creating tasks,
+        # futures and running, so the child gets the clear error on every path.
+        if self.closed_flag or self.forked:
+            self.check_usable()
 
     def is_closed(self):
         """Return True if the event loop was closed."""
@@ -164,8 +166,8 @@ cdef class CoreLoop:
 
     def call_soon(self, callback, *args, context=None):
         """Arrange for a callback to be called as soon as possible, in FIFO order."""
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_thread()
             self._check_callback(callback, 'call_soon')
@@ -175,8 +177,8 @@ cdef class CoreLoop:
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         """Like call_soon(), but thread-safe: wakes the loop from another thread."""
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_callback(callback, 'call_soon_threadsafe')
         cdef Handle h = self.new_handle(callback, args, context)
@@ -205,8 +207,8 @@ cdef class CoreLoop:
         """Arrange for a callback to be called at absolute time `when` (loop.time())."""
         if when is None:
             raise TypeError("when cannot be None")
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_thread()
             self._check_callback(callback, 'call_at')
