@@ -2,6 +2,7 @@
 # Each surface lives in its own file, included here so that its cdef calls stay C calls.
 
 include "signals.pyx"
+include "udp.pyx"
 
 
 cdef class SurfacesLoop(SocketLoop):
@@ -17,6 +18,11 @@ cdef class SurfacesLoop(SocketLoop):
     @property
     def _signal_handlers(self):
         return self.signal_handlers
+
+    # -- datagrams ---------------------------------------------------------------------------
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return UDPTransport(self, sock, protocol, address, waiter, extra)
 
     # -- signals ------------------------------------------------------------------------------
 
