@@ -1,5 +1,415 @@
 # Layer 4, sockets: sock_* calls, stream transports (TCP, Unix, pipes) and servers.
+#
+# The sock_* calls use readiness (a one-shot POLL_ADD on the ring) followed by the syscall,
+# not a RECV/SEND into the caller's memory: when the awaiting task is cancelled, the poll is
+# cancelled and no byte has moved, so the socket stays usable and the kernel never writes a
+# buffer the caller got back. Each call tries the syscall first, so a ready socket costs no
+# ring operation at all. Transports (streams.pyx) and servers (server.pyx) keep one multishot
+# operation per connection or listener instead.
+
+import stat
+import warnings
+import io as _io
+
+from asyncio import exceptions as _exceptions, tasks as _tasks
+
+include "bufring.pyx"
+include "streams.pyx"
+include "server.pyx"
+
+
+cdef _check_sock(CoreLoop loop, sock):
+    base_events._check_ssl_socket(sock)
+    if loop.debug_flag and sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
 
 
 cdef class SocketLoop(IOLoop):
     """IOLoop plus sockets, stream transports and servers."""
+    cdef BufPool bufpool
+    cdef dict listeners              # listening fd -> AcceptOp
+    cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
+
+    def __cinit__(self):
+        self.bufpool = BufPool.__new__(BufPool)
+        self.bufpool.ring = self.ring
+        self.listeners = {}
+        self.unix_server_inodes = {}
+
+    def _buffer_ring_stats(self):
+        """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
+        ENOBUFS seen)."""
+        return self.bufpool.stats()
+
+    # -- low-level socket API -----------------------------------------------------------------
+
+    async def sock_recv(self, sock, n):
+        """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
+        _check_sock(self, sock)
+        try:
+            return sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await self.wait_fd(fd, POLLIN)
+            try:
+                return sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive data from sock into buf; return the number of bytes written."""
+        _check_sock(self, sock)
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await self.wait_fd(fd, POLLIN)
+            try:
+                return sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of up to bufsize from sock; return (data, address)."""
+        _check_sock(self, sock)
+        try:
+            return sock.recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await self.wait_fd(fd, POLLIN)
+            try:
+                return sock.recvfrom(bufsize)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into buf; return (nbytes, address)."""
+        _check_sock(self, sock)
+        if not nbytes:
+            nbytes = len(buf)
+        try:
+            return sock.recvfrom_into(buf, nbytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await self.wait_fd(fd, POLLIN)
+            try:
+                return sock.recvfrom_into(buf, nbytes)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_sendall(self, sock, data):
+        """Send all of data to sock; return None once everything was handed to the kernel.
+        On error an exception is raised and there is no way to know how much was sent."""
+        _check_sock(self, sock)
+        try:
+            n = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        view = memoryview(data).cast('B')
+        total = len(view)
+        if n == total:
+            return
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        pos = n
+        while pos < total:
+            await self.wait_fd(fd, POLLOUT)
+            try:
+                pos += sock.send(view[pos:])
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_sendto(self, sock, data, address):
+        """Send a datagram to address through sock; return the number of bytes sent."""
+        _check_sock(self, sock)
+        try:
+            return sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        while True:
+            await self.wait_fd(fd, POLLOUT)
+            try:
+                return sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    async def sock_connect(self, sock, address):
+        """Connect sock to a remote address (resolved first for IP families)."""
+        _check_sock(self, sock)
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        await self.wait_fd(fd, POLLOUT)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f'Connect call failed {address}')
+
+    async def sock_accept(self, sock):
+        """Accept a connection on sock; return (conn, address) with conn non-blocking."""
+        _check_sock(self, sock)
+        fd = sock.fileno()
+        first = True
+        while True:
+            try:
+                conn, address = sock.accept()
+                conn.setblocking(False)
+                return conn, address
+            except (BlockingIOError, InterruptedError):
+                pass
+            if first:
+                self._ensure_fd_no_transport(fd)
+                first = False
+            await self.wait_fd(fd, POLLIN)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        try:
+            fileno = file.fileno()
+        except (AttributeError, _io.UnsupportedOperation) as err:
+            raise _exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise _exceptions.SendfileNotAvailableError("not a regular file")
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0
+        fd = sock.fileno()
+        total = 0
+        pos = offset
+        try:
+            while True:
+                want = min(blocksize - total, 0x7ffff000) if count else 0x7ffff000
+                if count and want <= 0:
+                    break
+                try:
+                    sent = os.sendfile(fd, fileno, pos, want)
+                except (BlockingIOError, InterruptedError):
+                    await self.wait_fd(fd, POLLOUT)
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno_module.ENOTCONN and type(exc) is not ConnectionError:
+                        new_exc = ConnectionError("socket is not connected",
+                                                  errno_module.ENOTCONN)
+                        new_exc.__cause__ = exc
+                        raise new_exc
+                    if total == 0:
+                        raise _exceptions.SendfileNotAvailableError(
+                            "os.sendfile call failed") from exc
+                    raise
+                if sent == 0:
+                    break
+                total += sent
+                pos += sent
+        finally:
+            if total > 0:
+                os.lseek(fileno, pos, os.SEEK_SET)
+        return total
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # The socket is lent to sock_sendfile() for the duration: reading is paused (what
+        # arrives meanwhile is kept for the protocol), queued writes are flushed first, and
+        # write() refuses new data until the file is sent.
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count,
+                                            fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
+
+    # -- transports ---------------------------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None,
+                               server=None):
+        return new_socket_transport(self, sock, protocol, waiter, extra, server)
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return new_pipe_transport(self, pipe, protocol, waiter, extra, True)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return new_pipe_transport(self, pipe, protocol, waiter, extra, False)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None,
+                            server=None, ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None):
+        from asyncio import sslproto
+        kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
+        if sys.version_info >= (3, 11):
+            kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
+        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                            server_hostname, **kwargs)
+        new_socket_transport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
+    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None,
+                                     sock=None, server_hostname=None,
+                                     ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        """Open a connection to the Unix socket at path (or use the connected sock);
+        return (transport, protocol)."""
+        if ssl:
+            if server_hostname is None:
+                raise ValueError('you have to pass server_hostname when using ssl')
+        else:
+            if server_hostname is not None:
+                raise ValueError('server_hostname is only meaningful with ssl')
+            if ssl_handshake_timeout is not None:
+                raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+            if ssl_shutdown_timeout is not None:
+                raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('no path and sock were specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
+        kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
+        if sys.version_info >= (3, 11):
+            kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
+        return await self._create_connection_transport(sock, protocol_factory, ssl,
+                                                       server_hostname, **kwargs)
+
+    async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                 backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                 ssl_shutdown_timeout=None, start_serving=True,
+                                 cleanup_socket=True):
+        """Create a Unix socket server listening on path (or on the bound sock); return
+        an asyncio Server."""
+        if isinstance(ssl, bool):
+            raise TypeError('ssl argument must be an SSLContext or None')
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if path[0] not in (0, '\x00'):
+                # A socket file left by an earlier server would make bind() fail.
+                try:
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    logger.error('Unable to check or remove stale UNIX socket %r: %r',
+                                 path, err)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno_module.EADDRINUSE:
+                    raise OSError(errno_module.EADDRINUSE,
+                                  f'Address {path!r} is already in use') from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('path was not specified, and no sock specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+        if cleanup_socket and sys.version_info >= (3, 13):
+            path = sock.getsockname()
+            if isinstance(path, str) and path and path[0] != '\x00':
+                try:
+                    self.unix_server_inodes[sock] = os.stat(path).st_ino
+                except FileNotFoundError:
+                    pass
+        sock.setblocking(False)
+        if sys.version_info >= (3, 11):
+            server = base_events.Server(self, [sock], protocol_factory, ssl, backlog,
+                                        ssl_handshake_timeout, ssl_shutdown_timeout)
+        else:
+            server = base_events.Server(self, [sock], protocol_factory, ssl, backlog,
+                                        ssl_handshake_timeout)
+        if start_serving:
+            server._start_serving()
+            await _tasks.sleep(0)
+        return server
+
+    # -- servers ------------------------------------------------------------------------------
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
+                       backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        cdef AcceptOp op = AcceptOp.__new__(AcceptOp)
+        op.loop = self
+        op.sock = sock
+        op.fd = sock.fileno()
+        op.protocol_factory = protocol_factory
+        op.sslcontext = sslcontext
+        op.server = server
+        op.ssl_handshake_timeout = ssl_handshake_timeout
+        op.ssl_shutdown_timeout = ssl_shutdown_timeout
+        old = self.listeners.get(op.fd)
+        if old is not None:
+            (<AcceptOp>old).stop()
+        self.listeners[op.fd] = op
+        op.arm()
+
+    def _stop_serving(self, sock):
+        cdef AcceptOp op = self.listeners.pop(sock.fileno(), None)
+        if op is not None:
+            op.stop()
+            # The ACCEPT holds the listening file in the kernel until its cancellation is
+            # reaped, so close() alone would leave the port accepting for an iteration.
+            # Shutting the listener down stops it now: connects are refused at once, as
+            # they are after asyncio closes its listening socket.
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        inode = self.unix_server_inodes.pop(sock, None)
+        if inode is not None:
+            path = sock.getsockname()
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+        sock.close()

@@ -1,0 +1,239 @@
+"""The low-level socket API (sock_*) and the self-sizing of the ring and of the provided-buffer
+ring under many pending receives. Scenarios run on asyncio and uringloop; the ring
+statistics are only checked on uringloop."""
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(loop, coro, timeout=60):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def test_sock_roundtrip_all_calls(loop):
+    async def main():
+        lsock = socket.create_server(('127.0.0.1', 0))
+        lsock.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        accept = loop.create_task(loop.sock_accept(lsock))
+        await loop.sock_connect(client, lsock.getsockname())
+        conn, addr = await accept
+        assert conn.gettimeout() == 0
+        assert addr == client.getsockname()
+        await loop.sock_sendall(client, b'a' * 1000000)
+        got = bytearray()
+        buf = bytearray(70000)
+        while len(got) < 1000000:
+            n = await loop.sock_recv_into(conn, buf)
+            got += buf[:n]
+        assert got == b'a' * 1000000
+        await loop.sock_sendall(conn, b'pong')
+        assert await loop.sock_recv(client, 10) == b'pong'
+        for s in (client, conn, lsock):
+            s.close()
+    run(loop, main())
+
+
+def test_sock_datagram_calls(loop):
+    async def main():
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.setblocking(False)
+            s.bind(('127.0.0.1', 0))
+        recv = loop.create_task(loop.sock_recvfrom(b, 100))
+        await asyncio.sleep(0)
+        await loop.sock_sendto(a, b'one', b.getsockname())
+        assert await recv == (b'one', a.getsockname())
+        buf = bytearray(10)
+        recv = loop.create_task(loop.sock_recvfrom_into(b, buf))
+        await asyncio.sleep(0)
+        await loop.sock_sendto(a, b'two', b.getsockname())
+        assert await recv == (3, a.getsockname())
+        assert buf[:3] == b'two'
+        a.close()
+        b.close()
+    run(loop, main())
+
+
+def test_sock_blocking_socket_is_valueerror_in_debug(loop):
+    async def main():
+        a, b = socket.socketpair()
+        loop.set_debug(True)
+        try:
+            with pytest.raises(ValueError):
+                await loop.sock_recv(a, 10)
+            with pytest.raises(ValueError):
+                await loop.sock_sendall(a, b'x')
+        finally:
+            loop.set_debug(False)
+            a.close()
+            b.close()
+    run(loop, main())
+
+
+def test_sock_closed_socket_is_oserror(loop):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.close()
+        b.close()
+        with pytest.raises(OSError):
+            await loop.sock_recv(a, 10)
+        with pytest.raises(OSError):
+            await loop.sock_sendall(a, b'x')
+    run(loop, main())
+
+
+def test_sock_recv_cancel_keeps_socket_usable(loop):
+    """Cancelling a pending sock_recv loses no byte: the next call gets the data."""
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        for _ in range(20):
+            t = loop.create_task(loop.sock_recv(a, 100))
+            await asyncio.sleep(0)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        buf = bytearray(100)
+        t = loop.create_task(loop.sock_recv_into(a, buf))
+        await asyncio.sleep(0)
+        t.cancel()
+        await asyncio.sleep(0)
+        await loop.sock_sendall(b, b'data')
+        assert await loop.sock_recv(a, 100) == b'data'
+        assert bytes(buf) == bytes(100)         # the cancelled call never wrote into it
+        a.close()
+        b.close()
+    run(loop, main())
+
+
+def test_sock_connect_refused(loop):
+    async def main():
+        s = socket.socket()
+        s.bind(('127.0.0.1', 0))
+        addr = s.getsockname()
+        s.close()
+        c = socket.socket()
+        c.setblocking(False)
+        with pytest.raises(ConnectionRefusedError):
+            await loop.sock_connect(c, addr)
+        c.close()
+    run(loop, main())
+
+
+def test_sock_sendfile(loop, tmp_path):
+    data = os.urandom(500000)
+    path = tmp_path / 'f'
+    path.write_bytes(data)
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        with open(path, 'rb') as f:
+            send = loop.create_task(loop.sock_sendfile(a, f, 1000, 300000))
+            got = bytearray()
+            while len(got) < 300000:
+                got += await loop.sock_recv(b, 65536)
+            assert await send == 300000
+            assert f.tell() == 301000
+        a.close()
+        b.close()
+        return bytes(got)
+    assert run(loop, main()) == data[1000:301000]
+
+
+# -- the ring and the buffer ring follow the number of pending receives ------------------------
+
+def test_ring_grows_with_pending_receives_and_shrinks_back(loop):
+    n = 300
+
+    async def main():
+        pairs = [socket.socketpair() for _ in range(n)]
+        for a, b in pairs:
+            a.setblocking(False)
+            b.setblocking(False)
+        before = loop.ring_stats() if is_uring(loop) else None
+        tasks = [loop.create_task(loop.sock_recv(a, 100)) for a, b in pairs]
+        await asyncio.sleep(0.01)
+        peak = loop.ring_stats() if is_uring(loop) else None
+        for i, (a, b) in enumerate(pairs):
+            b.send(b'%d' % i)
+        results = await asyncio.gather(*tasks)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        after = loop.ring_stats() if is_uring(loop) else None
+        for a, b in pairs:
+            a.close()
+            b.close()
+        return results, before, peak, after
+    results, before, peak, after = run(loop, main())
+    assert results == [b'%d' % i for i in range(n)]
+    if is_uring(loop):
+        assert peak.pending >= n
+        assert peak.capacity >= 512              # next power of two above n + 1
+        assert after.pending < 8
+        assert after.capacity <= 8
+        assert after.resizes_down > before.resizes_down
+
+
+def test_buffer_ring_follows_live_connections(loop):
+    """Hundreds of transports with a multishot receive each: the provided-buffer ring grows to
+    hold one buffer per receive, every byte arrives, and it shrinks when they go."""
+    n = 400
+
+    async def main():
+        got = {}
+
+        class P(asyncio.Protocol):
+            def __init__(self, i):
+                self.i = i
+
+            def data_received(self, data):
+                got[self.i] = got.get(self.i, b'') + data
+        pairs = [socket.socketpair() for _ in range(n)]
+        transports = []
+        for i, (a, b) in enumerate(pairs):
+            tr, _ = await loop.create_connection(lambda i=i: P(i), sock=a)
+            transports.append(tr)
+        await asyncio.sleep(0.01)
+        peak = loop._buffer_ring_stats() if is_uring(loop) else None
+        ring_peak = loop.ring_stats() if is_uring(loop) else None
+        # Everyone sends at once: more completions in one batch than buffers to spare.
+        for i, (a, b) in enumerate(pairs):
+            b.send(b'%d;' % i * 1000)
+        for _ in range(500):
+            if all(len(got.get(i, b'')) == len(b'%d;' % i * 1000) for i in range(n)):
+                break
+            await asyncio.sleep(0.01)
+        for tr in transports:
+            tr.close()
+        for a, b in pairs:
+            b.close()
+        await asyncio.sleep(0.05)
+        after = loop._buffer_ring_stats() if is_uring(loop) else None
+        ring_after = loop.ring_stats() if is_uring(loop) else None
+        ok = all(got.get(i) == b'%d;' % i * 1000 for i in range(n))
+        return ok, peak, after, ring_peak, ring_after
+    ok, peak, after, ring_peak, ring_after = run(loop, main())
+    assert ok
+    if is_uring(loop):
+        nbufs, armed, grows, shrinks, enobufs = peak
+        assert armed == n
+        assert nbufs >= n
+        assert ring_peak.pending >= n
+        nbufs2, armed2, grows2, shrinks2, _ = after
+        assert armed2 == 0
+        assert nbufs2 < nbufs and shrinks2 > shrinks
+        assert ring_after.pending < 8

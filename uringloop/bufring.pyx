@@ -1,0 +1,157 @@
+# Layer 4, the provided-buffer ring that multishot receives pick their buffers from.
+#
+# Why it is built this way: a multishot RECV (or READ) asks the kernel to choose a buffer from a
+# registered group each time data arrives, so one op per connection serves every message. The
+# group's size is a pool like any other in the loop: sized from the structure's need (the
+# receives armed on it), grown when the kernel reports ENOBUFS, shrunk when connections go, and
+# never a knob. A fixed pool is what kills loops that pre-size it: once the receives outnumber
+# the buffers, every receive ends with ENOBUFS and data stalls.
+#
+# The kernel cannot resize a registered buffer ring. Resizing therefore registers a new group
+# (new bgid), makes it current, and asks every receive still armed on the old group to end
+# (ASYNC_CANCEL); each re-arms on the current group from its final CQE, which is the same path
+# a multishot op takes whenever F_MORE is absent. The old group is unregistered and its memory
+# freed only when the last receive armed on it has delivered its final CQE (its record holds a
+# reference to the group until then), so the kernel is never left with a buffer we freed.
+
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+# One buffer is 16 KiB: big enough that a 64 KiB message takes four completions, small enough
+# that a thousand idle connections cost 16 MiB at most.
+cdef unsigned PBUF_SIZE = 16384
+cdef unsigned PBUF_MIN = 8
+cdef unsigned PBUF_MAX = 32768     # the kernel's limit on a buffer ring's entries
+
+
+cdef class BufGroup:
+    """One registered provided-buffer ring and the memory of its buffers."""
+    cdef Ring ring
+    cdef ul_pbuf_ring pbr
+    cdef char *mem
+    cdef unsigned nbufs
+    cdef bint registered
+    cdef unsigned users          # receives armed on this group (final CQE not yet seen)
+
+    cdef int setup(self, Ring ring, unsigned nbufs, uint16_t bgid) except -1:
+        cdef unsigned i
+        cdef int err
+        self.mem = <char *>malloc(<size_t>nbufs * PBUF_SIZE)
+        if self.mem == NULL:
+            raise MemoryError()
+        err = ul_pbuf_ring_register(&ring.r, &self.pbr, nbufs, bgid)
+        if err < 0:
+            free(self.mem)
+            self.mem = NULL
+            raise OSError(-err, 'IORING_REGISTER_PBUF_RING: ' + os.strerror(-err))
+        self.ring = ring
+        self.registered = True
+        self.nbufs = nbufs
+        for i in range(nbufs):
+            ul_pbuf_ring_add(&self.pbr, self.mem + <size_t>i * PBUF_SIZE, PBUF_SIZE,
+                             <uint16_t>i, <int>i)
+        ul_pbuf_ring_advance(&self.pbr, <int>nbufs)
+        return 0
+
+    cdef inline char *buffer(self, uint16_t bid):
+        return self.mem + <size_t>bid * PBUF_SIZE
+
+    cdef inline void give_back(self, uint16_t bid):
+        # The data has been copied out: the kernel may fill this buffer again.
+        ul_pbuf_ring_add(&self.pbr, self.mem + <size_t>bid * PBUF_SIZE, PBUF_SIZE, bid, 0)
+        ul_pbuf_ring_advance(&self.pbr, 1)
+
+    def __dealloc__(self):
+        # Reached only when no armed receive references the group any more (each record
+        # holds it until its final CQE), or when the ring itself is gone.
+        cdef ul_ring dead
+        if self.registered:
+            if self.ring is not None and self.ring.r.fd >= 0:
+                ul_pbuf_ring_unregister(&self.ring.r, &self.pbr)
+            else:
+                dead.fd = -1        # the ring is gone: only our mapping is left to undo
+                ul_pbuf_ring_unregister(&dead, &self.pbr)
+            self.registered = False
+        if self.mem != NULL:
+            free(self.mem)
+            self.mem = NULL
+
+
+cdef class BufPool:
+    """The loop's provided buffers: the current group and the receives armed on groups."""
+    cdef Ring ring
+    cdef BufGroup current
+    cdef uint16_t next_bgid
+    cdef set receivers           # RecvOp records armed right now, on any group
+    cdef uint64_t grows
+    cdef uint64_t shrinks
+    cdef uint64_t enobufs
+
+    def __cinit__(self):
+        self.receivers = set()
+        self.next_bgid = 1
+
+    cdef unsigned need(self):
+        return next_power_of_two(max(PBUF_MIN, <unsigned>len(self.receivers)))
+
+    cdef BufGroup group_for_arm(self):
+        """The group a receive arms on now; creates or resizes the current group so that it
+        holds at least one buffer per armed receive."""
+        cdef unsigned n = len(self.receivers) + 1
+        if self.current is None:
+            self.switch(next_power_of_two(max(PBUF_MIN, n)))
+        elif n > self.current.nbufs and self.current.nbufs < PBUF_MAX:
+            self.grows += 1
+            self.switch(min(PBUF_MAX, next_power_of_two(n) * 2))
+        return self.current
+
+    cdef int on_enobufs(self, BufGroup group) except -1:
+        """The kernel found `group` empty. Several receives may report it in one batch: only
+        the first one for the current group grows it."""
+        self.enobufs += 1
+        if group is self.current and group.nbufs < PBUF_MAX:
+            self.grows += 1
+            self.switch(min(PBUF_MAX, group.nbufs * 2))
+        return 0
+
+    cdef int on_receiver_gone(self) except -1:
+        # Shrink with hysteresis (a quarter) so a connection coming and going at a size
+        # boundary does not move every receive each time.
+        cdef unsigned want
+        if self.current is None:
+            return 0
+        want = self.need()
+        if want * 4 <= self.current.nbufs:
+            self.shrinks += 1
+            self.switch(want * 2 if want * 2 >= PBUF_MIN else PBUF_MIN)
+        return 0
+
+    cdef int switch(self, unsigned nbufs) except -1:
+        cdef BufGroup g = BufGroup.__new__(BufGroup)
+        cdef BufGroup old = self.current
+        cdef RecvOp op
+        cdef int tries = 0
+        while True:
+            try:
+                g.setup(self.ring, nbufs, self.next_bgid)
+                break
+            except OSError as exc:
+                # A bgid still held by a retiring group: take the next one.
+                self.next_bgid = <uint16_t>(self.next_bgid + 1) or 1
+                tries += 1
+                if exc.errno != errno_module.EEXIST or tries > 64:
+                    raise
+        self.next_bgid = <uint16_t>(self.next_bgid + 1) or 1
+        self.current = g
+        if old is not None:
+            # Move the receives still on the old group: each re-arms on `current` from its
+            # final CQE.
+            for op in list(self.receivers):
+                if op.group is old:
+                    op.cancel()
+        return 0
+
+    cdef tuple stats(self):
+        return (self.current.nbufs if self.current is not None else 0, len(self.receivers),
+                self.grows, self.shrinks, self.enobufs)

@@ -1,0 +1,155 @@
+# Layer 4, servers: one multishot ACCEPT per listening socket, so a listener counts once in
+# `pending` however many connections arrive. asyncio.base_events.Server is reused as it is:
+# it calls loop._start_serving() per socket and loop._stop_serving() on close, and the
+# transports attach to and detach from it as asyncio's do.
+#
+# When accepting fails for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) the pending
+# connection stays in the kernel's backlog; like asyncio, the server reports it, stops
+# accepting for ACCEPT_RETRY_DELAY seconds and then re-arms, so it keeps serving once file
+# descriptors are free again.
+
+cdef extern from "sys/socket.h":
+    enum:
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+
+cdef extern from "errno.h":
+    enum:
+        EMFILE
+        ENFILE
+
+        EBADF
+
+        ENOTSOCK
+
+
+cdef class AcceptOp(Operation):
+    cdef object sock
+    cdef int fd
+    cdef object protocol_factory
+    cdef object sslcontext
+    cdef object server
+    cdef object ssl_handshake_timeout
+    cdef object ssl_shutdown_timeout
+    cdef bint stopped
+    cdef bint backing_off          # re-arm from a timer, not from the final CQE
+    cdef object retry_handle
+
+    cdef int arm(self) except -1:
+        cdef io_uring_sqe *sqe = self.prepare()
+        self.cancelling = False
+        sqe.opcode = IORING_OP_ACCEPT
+        sqe.fd = self.fd
+        sqe.ioprio = IORING_ACCEPT_MULTISHOT
+        sqe.accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC
+        return 0
+
+    cdef int stop(self) except -1:
+        self.stopped = True
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+        if self.generation != 0:
+            self.cancel()
+        return 0
+
+    def _retry(self):
+        self.retry_handle = None
+        self.backing_off = False
+        if not self.stopped and self.generation == 0 and not self.loop.closed_flag:
+            self.arm()
+
+    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        if res >= 0:
+            if self.stopped or loop.closed_flag:
+                os.close(res)
+            else:
+                self.accepted(res)
+        elif res == -ECANCELED or self.stopped:
+            pass
+        elif res == -EMFILE or res == -ENFILE or res == -ENOBUFS or res == -ENOMEM:
+            exc = OSError(-res, os.strerror(-res))
+            loop.call_exception_handler({
+                'message': 'socket.accept() out of system resource',
+                'exception': exc,
+                'socket': _trsock.TransportSocket(self.sock),
+            })
+            self.backing_off = True
+            if not final:
+                self.cancel()
+        elif res == -EBADF or res == -EINVAL or res == -ENOTSOCK:
+            # The listening socket is gone or no longer listening: nothing left to accept.
+            self.stopped = True
+        # Other errors (ECONNABORTED, EPERM from a firewall, EPROTO...) concern one
+        # connection only: asyncio ignores them and keeps accepting.
+        if final and not self.stopped and not loop.closed_flag:
+            if self.backing_off:
+                if self.retry_handle is None:
+                    self.retry_handle = loop.call_later(_constants.ACCEPT_RETRY_DELAY,
+                                                        self._retry)
+            else:
+                self.arm()
+        return 0
+
+    cdef int accepted(self, int fd) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        listener = self.sock
+        try:
+            conn = socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            peer = conn.getpeername()
+        except OSError:
+            peer = None
+        extra = {'peername': peer}
+        if self.sslcontext is not None:
+            loop.create_task(_accept_tls(loop, self, conn, extra))
+            return 0
+        try:
+            protocol = self.protocol_factory()
+            new_socket_transport(loop, conn, protocol, None, extra, self.server)
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            loop.call_exception_handler({
+                'message': 'Error on transport creation for incoming connection',
+                'exception': exc,
+            })
+        return 0
+
+
+async def _accept_tls(SocketLoop loop, AcceptOp op, conn, extra):
+    protocol = None
+    transport = None
+    try:
+        protocol = op.protocol_factory()
+        waiter = loop.create_future()
+        transport = loop._make_ssl_transport(
+            conn, protocol, op.sslcontext, waiter=waiter, server_side=True, extra=extra,
+            server=op.server, ssl_handshake_timeout=op.ssl_handshake_timeout,
+            ssl_shutdown_timeout=op.ssl_shutdown_timeout)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        if transport is None:
+            conn.close()
+        if loop.debug_flag:
+            context = {
+                'message': 'Error on transport creation for incoming connection',
+                'exception': exc,
+            }
+            if protocol is not None:
+                context['protocol'] = protocol
+            if transport is not None:
+                context['transport'] = transport
+            loop.call_exception_handler(context)
