@@ -3,6 +3,7 @@
 
 include "signals.pyx"
 include "udp.pyx"
+include "process.pyx"
 
 
 cdef class SurfacesLoop(SocketLoop):
@@ -23,6 +24,23 @@ cdef class SurfacesLoop(SocketLoop):
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return UDPTransport(self, sock, protocol, address, waiter, extra)
+
+    # -- subprocesses -----------------------------------------------------------------------
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
+                                         bufsize, extra=None, **kwargs):
+        waiter = self.create_future()
+        transp = SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr,
+                                     bufsize, waiter=waiter, extra=extra, **kwargs)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
 
     # -- signals ------------------------------------------------------------------------------
 
