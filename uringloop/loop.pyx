@@ -161,7 +161,8 @@ cdef class CoreLoop:
         h.loop = self
         h.context = PyContext_CopyCurrent() if context is None else context
         if self.debug_flag:
-            h.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+            # Cython functions push no frame: frame 0 is already the Python caller.
+            h.source_traceback = format_helpers.extract_stack(sys._getframe(0))
         return h
 
     def call_soon(self, callback, *args, context=None):
@@ -221,7 +222,7 @@ cdef class CoreLoop:
         th.loop = self
         th.context = PyContext_CopyCurrent() if context is None else context
         if self.debug_flag:
-            th.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+            th.source_traceback = format_helpers.extract_stack(sys._getframe(0))
         th.when_ = when
         self.push_timer(th)
         return th
