@@ -173,6 +173,11 @@ cdef class CoreLoop:
             self._check_thread()
             self._check_callback(callback, 'call_soon')
         cdef Handle h = self.new_handle(callback, args, context)
+        if self.ready_threadsafe:
+            # Callbacks another thread queued before this call come first (asyncio keeps one
+            # FIFO for both).
+            while self.ready_threadsafe:
+                self.ready.append(self.ready_threadsafe.popleft())
         self.ready.append(h)
         return h
 
