@@ -316,3 +316,24 @@ def test_loop_closed_with_running_child(loop):
         time.sleep(0.01)
     assert not os.path.exists(f'/proc/{pid}')
     del p
+
+
+def test_pipe_connection_failure_does_not_hang(loop):
+    # asyncio's own loop waits forever here (its _wait() also waits for the pipe that never
+    # got connected); uringloop kills and reaps the child and raises the error.
+    if not is_uring(loop):
+        pytest.skip('asyncio hangs in this case')
+
+    async def failing_connect_read_pipe(*args, **kwargs):
+        raise OSError('no pipe for you')
+
+    loop.connect_read_pipe = failing_connect_read_pipe
+
+    async def main():
+        with pytest.raises(OSError, match='no pipe for you'):
+            await asyncio.wait_for(asyncio.create_subprocess_exec(
+                'sleep', '30', stdout=subprocess.PIPE), 10)
+
+    loop.run_until_complete(main())
+    del loop.connect_read_pipe
+    assert not _my_children()

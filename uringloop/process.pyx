@@ -51,8 +51,10 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
 
     _pidfd = -1
     _exit_poll = None
+    _reaped_waiters = ()
 
     def _start(self, args, shell, stdin, stdout, stderr, bufsize, **kwargs):
+        self._reaped_waiters = []
         self._proc = subprocess.Popen(
             args, shell=shell, stdin=stdin, stdout=stdout, stderr=stderr,
             universal_newlines=False, bufsize=bufsize, **kwargs)
@@ -101,6 +103,23 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             return
         self._close_pidfd()
         self._process_exited(returncode)
+        self._wake_reaped()
+
+    def _wake_reaped(self):
+        waiters = self._reaped_waiters
+        self._reaped_waiters = None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_reaped(self):
+        # Unlike _wait(), which also waits for every pipe to be connected and closed, this
+        # only waits for the child itself: what a failed start needs.
+        if self._returncode is not None or self._reaped_waiters is None:
+            return
+        fut = self._loop.create_future()
+        self._reaped_waiters.append(fut)
+        await fut
 
     def _close_pidfd(self):
         op = self._exit_poll

@@ -37,8 +37,10 @@ cdef class SurfacesLoop(SocketLoop):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException:
+            # Connecting the pipes failed: kill the child and reap it. Waiting for _wait()
+            # here would hang, since it also waits for pipes that never got connected.
             transp.close()
-            await transp._wait()
+            await transp._wait_reaped()
             raise
         return transp
 
