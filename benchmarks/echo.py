@@ -214,6 +214,8 @@ def server_main(loop_name, style):
             st = loop.ring_stats()
             d['resizes'] = st.resizes_up + st.resizes_down
             d['enters'] = st.enters
+        if hasattr(loop, '_buffer_ring_stats'):
+            d['bufring'] = list(loop._buffer_ring_stats())
         return d
 
     def commands():
@@ -271,6 +273,8 @@ def one_sample(load_exe, loop_name, style, size, conns, warm, window):
         srv.stdin.flush()
         s1 = json.loads(srv.stdout.readline())
         t1 = time.monotonic()
+        if os.environ.get('ECHO_DEBUG'):
+            print(s0, s1, file=sys.stderr)
         perf.send_signal(signal.SIGINT)
         perf_out = perf.communicate()[1]
         cli.wait()

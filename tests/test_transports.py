@@ -219,6 +219,7 @@ def test_pause_resume_reading_keeps_order(loop):
 def test_buffered_protocol_small_buffer(loop):
     async def main():
         a, b = socket.socketpair()
+        b.setblocking(False)
         received = bytearray()
         done = loop.create_future()
 
@@ -472,10 +473,10 @@ def test_server_object(loop):
         host, port = server.sockets[0].getsockname()[:2]
         r, w = await asyncio.open_connection(host, port)
         async with server:
-            pass
+            # Since 3.12, leaving the block waits for the server's connections too.
+            w.close()
+            await w.wait_closed()
         assert not server.is_serving()
-        w.close()
-        await w.wait_closed()
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(host, port)
@@ -581,3 +582,32 @@ def test_pipe_transport_rejects_regular_file(loop, tmp_path):
         run(loop, main())
     finally:
         f.close()
+
+
+def test_connect_accepted_socket_and_local_addr(loop):
+    async def main():
+        lsock = socket.create_server(('127.0.0.1', 0))
+        lsock.setblocking(False)
+        port = lsock.getsockname()[1]
+        local = socket.socket()
+        local.bind(('127.0.0.1', 0))
+        local_port = local.getsockname()[1]
+        local.close()
+        accept = loop.create_task(loop.sock_accept(lsock))
+        ctr, cpr = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port,
+                                                local_addr=('127.0.0.1', local_port))
+        assert ctr.get_extra_info('sockname') == ('127.0.0.1', local_port)
+        conn, _ = await accept
+        got = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                got.set_result(data)
+        str_, spr = await loop.connect_accepted_socket(P, conn)
+        ctr.write(b'over an accepted socket')
+        assert await got == b'over an accepted socket'
+        ctr.close()
+        str_.close()
+        lsock.close()
+        await asyncio.sleep(0.01)
+    run(loop, main())

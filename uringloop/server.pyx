@@ -56,7 +56,8 @@ cdef class AcceptOp(Operation):
     def _retry(self):
         self.retry_handle = None
         self.backing_off = False
-        if not self.stopped and self.generation == 0 and not self.loop.closed_flag:
+        if not self.stopped and self.generation == 0 and \
+                not (<SocketLoop>self.loop).shutting_down:
             self.arm()
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
@@ -83,7 +84,9 @@ cdef class AcceptOp(Operation):
             self.stopped = True
         # Other errors (ECONNABORTED, EPERM from a firewall, EPROTO...) concern one
         # connection only: asyncio ignores them and keeps accepting.
-        if final and not self.stopped and not loop.closed_flag:
+        # A cancel that is not our own back-off came from loop.close() (or stop()): done.
+        if final and not self.stopped and not loop.shutting_down and \
+                (res != -ECANCELED or self.backing_off):
             if self.backing_off:
                 if self.retry_handle is None:
                     self.retry_handle = loop.call_later(_constants.ACCEPT_RETRY_DELAY,

@@ -29,12 +29,21 @@ cdef class SocketLoop(IOLoop):
     cdef BufPool bufpool
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
+    cdef bint shutting_down          # close() is draining the ring: re-arm nothing
+    cdef bint in_completion          # a stream's completion is being handled right now
 
     def __cinit__(self):
         self.bufpool = BufPool.__new__(BufPool)
         self.bufpool.ring = self.ring
         self.listeners = {}
         self.unix_server_inodes = {}
+
+    def close(self):
+        """Close the event loop: cancel and reap every in-flight operation, release the ring,
+        shut the default executor down without waiting. The loop must not be running."""
+        if not self.running_flag and not self.closed_flag:
+            self.shutting_down = True
+        IOLoop.close(self)
 
     def _buffer_ring_stats(self):
         """Testing aid: (buffers in the current group, receives armed, grows, shrinks,

@@ -60,10 +60,15 @@ def _set_write_path(path):
     write_direct_first = path == 'direct'
 
 
+def _call_soon_later(loop, callback, args):
+    loop.call_soon(callback, *args)
+
+
 cdef class RecvOp(Operation):
     """The multishot receive of one Stream."""
     cdef Stream stream
     cdef BufGroup group
+    cdef bint rearm              # re-arm when the pending cancel lands (group move, resume)
 
     cdef int arm(self) except -1:
         cdef BufPool pool = (<SocketLoop>self.loop).bufpool
@@ -85,6 +90,14 @@ cdef class RecvOp(Operation):
         return 0
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        loop.in_completion = True
+        try:
+            return self.handle(res, flags, final)
+        finally:
+            loop.in_completion = False
+
+    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
         cdef BufGroup g = self.group
         cdef uint16_t bid
@@ -111,7 +124,13 @@ cdef class RecvOp(Operation):
             s.on_read_error(res)
         if final:
             self.cancelling = False
-            if res != 0 and s.wants_read() and not loop.closed_flag:
+            rearm = self.rearm
+            self.rearm = False
+            # After ECANCELED, re-arm only when asked to (the buffer pool moved the receive to
+            # a new group, or reading resumed before the pause's cancel landed): any other
+            # cancel comes from close() or from loop.close() draining the ring.
+            if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
+                    and not loop.shutting_down:
                 self.arm()
             elif self.generation == 0:
                 loop.bufpool.on_receiver_gone()
@@ -157,6 +176,14 @@ cdef class SendOp(Operation):
         return PyBytes_GET_SIZE(self.data) - self.offset
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        loop.in_completion = True
+        try:
+            return self.handle(res, flags, final)
+        finally:
+            loop.in_completion = False
+
+    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
         if not final:
             return 0
@@ -199,6 +226,14 @@ cdef class PeerWatch(Operation):
         return 0
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        loop.in_completion = True
+        try:
+            return self.handle(res, flags, final)
+        finally:
+            loop.in_completion = False
+
+    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if res == -ECANCELED or self.stream.conn_lost or self.stream.sock is None:
             return 0
         self.stream.on_peer_gone()
@@ -259,6 +294,15 @@ cdef class Stream:
             self.send_op.stream = self
         return 0
 
+    cdef soon(self, callback, tuple args):
+        """call_soon() with asyncio's timing: when the call comes from a completion (where
+        asyncio would be running the fd's I/O callback), the callback runs in the next
+        iteration, not in the one that is handling the completion."""
+        if self.loop.in_completion:
+            self.loop.call_soon(_call_soon_later, self.loop, callback, args)
+        else:
+            self.loop.call_soon(callback, *args)
+
     cdef set_protocol(self, protocol):
         self.protocol = protocol
         self.buffered = isinstance(protocol, _protocols.BufferedProtocol)
@@ -271,8 +315,12 @@ cdef class Stream:
                 and not self.eof_seen and self.conn_lost == 0)
 
     def start_reading(self):
-        if self.wants_read() and self.recv_op.generation == 0 and not self.loop.closed_flag:
+        if not self.wants_read() or self.loop.shutting_down:
+            return
+        if self.recv_op.generation == 0:
             self.recv_op.arm()
+        elif self.recv_op.cancelling:
+            self.recv_op.rearm = True
 
     cdef int stop_reading(self) except -1:
         if self.recv_op is not None and self.recv_op.generation != 0:
@@ -362,8 +410,8 @@ cdef class Stream:
             logger.debug("%r received EOF", self.transport)
         if self.kind == KIND_READ_PIPE:
             self.closing = True
-            self.loop.call_soon(self.protocol.eof_received)
-            self.loop.call_soon(self.call_connection_lost, None)
+            self.soon(self.protocol.eof_received, ())
+            self.soon(self.call_connection_lost, (None,))
             return 0
         try:
             keep_open = self.protocol.eof_received()
@@ -489,6 +537,8 @@ cdef class Stream:
             self.maybe_resume_protocol()
             return 0
         self.maybe_resume_protocol()
+        if self.writing():
+            return 0                  # resume_writing() wrote more: not drained after all
         if self.empty_waiter is not None:
             self.empty_waiter.set_result(None)
         if self.closing:
@@ -532,7 +582,7 @@ cdef class Stream:
                 return
             self.closing = True
             if not self.writing():
-                self.loop.call_soon(self.call_connection_lost, None)
+                self.soon(self.call_connection_lost, (None,))
             return
         if self.closing or self.eof_requested:
             return
@@ -599,11 +649,11 @@ cdef class Stream:
         self.closing = True
         self.stop_reading()
         if self.kind == KIND_READ_PIPE:
-            self.loop.call_soon(self.call_connection_lost, None)
+            self.soon(self.call_connection_lost, (None,))
             return
         if not self.writing():
             self.conn_lost += 1
-            self.loop.call_soon(self.call_connection_lost, None)
+            self.soon(self.call_connection_lost, (None,))
 
     def abort(self):
         self.close_now(None)
@@ -623,7 +673,7 @@ cdef class Stream:
         if self.peer_watch is not None and self.peer_watch.generation != 0:
             self.peer_watch.cancel()
         self.conn_lost += 1
-        self.loop.call_soon(self.call_connection_lost, exc)
+        self.soon(self.call_connection_lost, (exc,))
         return 0
 
     cdef int fatal_error(self, exc, message) except -1:
