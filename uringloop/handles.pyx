@@ -29,6 +29,7 @@ cdef class Handle:
         cdef object callback = self.callback
         cdef tuple args = <tuple>self.args
         cdef Py_ssize_t nargs = len(args)
+        cdef object error = None
         PyContext_Enter(self.context)
         try:
             if nargs == 0:
@@ -40,6 +41,14 @@ cdef class Handle:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
+            error = exc
+        finally:
+            PyContext_Exit(self.context)
+        if error is not None:
+            # Reported after leaving the context: since 3.12 call_exception_handler() enters
+            # the handle's context itself (get_context()), and a context cannot be entered
+            # twice.
+            exc = error
             context = {
                 'message': 'Exception in callback ' +
                            format_helpers._format_callback_source(callback, args),
@@ -49,8 +58,6 @@ cdef class Handle:
             if self.source_traceback:
                 context['source_traceback'] = self.source_traceback
             self.loop.call_exception_handler(context)
-        finally:
-            PyContext_Exit(self.context)
         return 0
 
     def _run(self):
