@@ -310,6 +310,8 @@ def test_pending_accounting(loop):
 
 
 def test_loop_closed_with_running_child(loop):
+    if not is_uring(loop) and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+ leaves this child a zombie (its watcher went with the loop)")
     async def main():
         return await asyncio.create_subprocess_exec('sleep', '0.2')
 

@@ -277,7 +277,10 @@ def test_flow_control_and_order(loop):
                 break
             await asyncio.sleep(0.01)
         assert p.events == ['made', 'pause', 'resume']
-        assert t.get_write_buffer_size() == 0
+        if is_uring(loop) or sys.version_info < (3, 12):
+            # asyncio 3.12+ adds 8 header bytes per datagram when queueing but not always
+            # takes them off when sending; uringloop's count returns to zero.
+            assert t.get_write_buffer_size() == 0
         t.close()
         await p.lost
         b.close()
