@@ -401,6 +401,10 @@ cdef class CoreLoop:
         try:
             while i < ntodo:
                 h = <Handle>todo[i]
+                # Drop the batch's reference now, as asyncio does: an object that only the
+                # callback kept alive (a finished task whose exception nobody retrieved) is
+                # collected, and reported, before the next callback runs.
+                todo[i] = None
                 i += 1
                 if h.is_cancelled:
                     continue
