@@ -611,3 +611,46 @@ def test_connect_accepted_socket_and_local_addr(loop):
         lsock.close()
         await asyncio.sleep(0.01)
     run(loop, main())
+
+
+def test_buffered_protocol_pause_resume_in_order(loop):
+    """A BufferedProtocol gets every byte, in order, and no buffer_updated() while paused."""
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        received = bytearray()
+        violations = []
+        done = loop.create_future()
+
+        class BP(asyncio.BufferedProtocol):
+            def connection_made(self, tr):
+                self.tr = tr
+                self.buf = bytearray(1000)
+
+            def get_buffer(self, sizehint):
+                return memoryview(self.buf)[:333]
+
+            def buffer_updated(self, nbytes):
+                if not self.tr.is_reading():
+                    violations.append(nbytes)
+                received.extend(self.buf[:nbytes])
+                if len(received) % 7 == 0:
+                    self.tr.pause_reading()
+                    loop.call_later(0.001, self.tr.resume_reading)
+
+            def eof_received(self):
+                done.set_result(None)
+        tr, pr = await loop.create_connection(BP, sock=a)
+        payload = os.urandom(300000)
+        for i in range(0, len(payload), 10000):
+            await loop.sock_sendall(b, payload[i:i + 10000])
+            await asyncio.sleep(0)
+        b.shutdown(socket.SHUT_WR)
+        await done
+        tr.close()
+        b.close()
+        await asyncio.sleep(0)
+        return bytes(received) == payload, violations
+    ok, violations = run(loop, main())
+    assert ok
+    assert violations == []

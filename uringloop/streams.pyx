@@ -7,6 +7,9 @@
 #     pipes and character devices, picking buffers from the loop's provided-buffer ring.
 #     It stays armed across messages, so `pending` counts it once; when a CQE comes without
 #     F_MORE (ENOBUFS, CQ overflow, a buffer-group move) it is re-armed if reading is wanted.
+#     A BufferedProtocol on a socket gets a one-shot RECV into the buffer its get_buffer()
+#     returned instead (re-armed from each CQE, so still one op per connection): the kernel
+#     writes straight into the protocol's memory, which stays exported until the CQE.
 #   - SendOp: at most one SEND (sockets) or WRITE (pipes) in flight; writes made meanwhile are
 #     queued and leave together in the next one, so a busy connection batches its writes.
 # The asyncio-facing objects (SocketTransport, ReadPipeTransport, WritePipeTransport) are
@@ -67,14 +70,23 @@ def _call_soon_later(loop, callback, args):
 cdef class RecvOp(Operation):
     """The multishot receive of one Stream."""
     cdef Stream stream
-    cdef BufGroup group
+    cdef BufGroup group          # provided-buffer mode: the group the receive is armed on
     cdef bint rearm              # re-arm when the pending cancel lands (group move, resume)
+    cdef bint into               # one-shot RECV into a BufferedProtocol's own buffer
+    cdef Py_buffer view          # that buffer, exported until the CQE (`keep` holds its owner)
+    cdef bint has_view
 
     cdef int arm(self) except -1:
-        cdef BufPool pool = (<SocketLoop>self.loop).bufpool
-        cdef BufGroup g = pool.group_for_arm()
-        cdef io_uring_sqe *sqe = self.prepare()
+        cdef BufPool pool
+        cdef BufGroup g
+        cdef io_uring_sqe *sqe
+        if self.stream.buffered and self.stream.kind == KIND_SOCKET:
+            return self.arm_into()
+        pool = (<SocketLoop>self.loop).bufpool
+        g = pool.group_for_arm()
+        sqe = self.prepare()
         self.cancelling = False
+        self.into = False
         self.group = g
         g.users += 1
         pool.receivers.add(self)
@@ -89,13 +101,95 @@ cdef class RecvOp(Operation):
             sqe.off = <uint64_t>-1
         return 0
 
+    cdef int arm_into(self) except -1:
+        """A BufferedProtocol on a socket: the kernel receives straight into the buffer that
+        get_buffer() returns (no copy). One RECV at a time, re-armed from its CQE, so the
+        connection still counts once in `pending`. The buffer stays exported, and its owner
+        referenced, until the CQE: a cancelled receive never writes memory we let go of."""
+        cdef Stream s = self.stream
+        cdef io_uring_sqe *sqe
+        try:
+            buf = s.protocol.get_buffer(-1)
+            PyObject_GetBuffer(buf, &self.view, PyBUF_WRITABLE)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            s.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            return 0
+        if self.view.len == 0:
+            PyBuffer_Release(&self.view)
+            s.fatal_error(RuntimeError('get_buffer() returned an empty buffer'),
+                          'Fatal error: protocol.get_buffer() call failed.')
+            return 0
+        try:
+            sqe = self.prepare()
+        except BaseException:
+            PyBuffer_Release(&self.view)
+            raise
+        self.has_view = True
+        self.keep = buf
+        self.cancelling = False
+        self.into = True
+        sqe.opcode = IORING_OP_RECV
+        sqe.fd = s.fd
+        sqe.addr = <uint64_t><size_t>self.view.buf
+        sqe.len = <uint32_t>(self.view.len if self.view.len < 0x7fffffff else 0x7fffffff)
+        return 0
+
+    cdef void release_view(self):
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+        self.keep = None
+
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef SocketLoop loop = <SocketLoop>self.loop
         loop.in_completion = True
         try:
+            if self.into:
+                return self.handle_into(res)
             return self.handle(res, flags, final)
         finally:
             loop.in_completion = False
+
+    cdef int handle_into(self, int32_t res) except -1:
+        cdef Stream s = self.stream
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef bytes data
+        if res > 0:
+            if s.closing or s.eof_seen:
+                self.release_view()
+            elif s.paused or s.held or not s.buffered:
+                # Paused meanwhile (or the protocol changed): the bytes are in the old
+                # buffer; keep a copy for whoever reads next.
+                data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
+                self.release_view()
+                if s.paused or s.held:
+                    s.held.append(data)
+                else:
+                    s.on_chunk(PyBytes_AS_STRING(data), res)
+            else:
+                # Released first: buffer_updated() may resize the buffer it handed out.
+                self.release_view()
+                try:
+                    s.protocol.buffer_updated(res)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    s.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+        else:
+            self.release_view()
+            if res == 0:
+                s.on_eof()
+            elif res != -ECANCELED:
+                s.on_read_error(res)
+        self.cancelling = False
+        rearm = self.rearm
+        self.rearm = False
+        if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
+                and not loop.shutting_down and self.generation == 0:
+            self.arm()
+        return 0
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
@@ -130,11 +224,15 @@ cdef class RecvOp(Operation):
             # a new group, or reading resumed before the pause's cancel landed): any other
             # cancel comes from close() or from loop.close() draining the ring.
             if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                    and not loop.shutting_down:
+                    and not loop.shutting_down and self.generation == 0:
                 self.arm()
             elif self.generation == 0:
                 loop.bufpool.on_receiver_gone()
         return 0
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
 
 
 cdef class SendOp(Operation):
@@ -266,7 +364,6 @@ cdef class Stream:
     cdef Py_ssize_t low_water
     cdef object server
     cdef object empty_waiter
-    cdef object transport_for_server
 
     def __cinit__(self):
         self.wbuf = []
@@ -425,8 +522,8 @@ cdef class Stream:
         return 0
 
     cdef int on_read_error(self, int32_t res) except -1:
+        # OSError(errno, text) is already the subclass Python raises (ConnectionResetError...).
         exc = OSError(-res, os.strerror(-res))
-        exc = _errno_exception(exc)
         if self.kind == KIND_SOCKET:
             self.fatal_error(exc, 'Fatal read error on socket transport')
         else:
@@ -508,7 +605,7 @@ cdef class Stream:
                         err = errno
                         if self.kind != KIND_SOCKET:
                             self.conn_lost += 1
-                        self.fatal_error(_errno_exception(OSError(err, os.strerror(err))),
+                        self.fatal_error(OSError(err, os.strerror(err)),
                                          'Fatal write error on socket transport'
                                          if self.kind == KIND_SOCKET else
                                          'Fatal write error on pipe transport')
@@ -556,7 +653,7 @@ cdef class Stream:
             pass
 
     cdef int on_write_error(self, int32_t res) except -1:
-        exc = _errno_exception(OSError(-res, os.strerror(-res)))
+        exc = OSError(-res, os.strerror(-res))
         if self.empty_waiter is not None:
             self.empty_waiter.set_exception(exc)
         if self.kind != KIND_SOCKET:
@@ -707,17 +804,12 @@ cdef class Stream:
             self.sock.close()
             self.sock = None
             self.protocol = None
-            self.transport = None
+            transport = self.transport
+            self.transport = None        # breaks the transport <-> stream cycle
             server = self.server
             if server is not None:
                 self.server = None
-                _server_detach(server, self.transport_for_server)
-            self.transport_for_server = None
-
-
-cdef inline object _errno_exception(exc):
-    # OSError(errno, text) already is the subclass Python raises (ConnectionResetError...).
-    return exc
+                _server_detach(server, transport)
 
 
 if sys.version_info >= (3, 13):
@@ -930,7 +1022,6 @@ cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra,
     base_events._set_nodelay(sock)
     fd = sock.fileno()
     s.init(loop, transport, sock, fd, KIND_SOCKET, protocol, server)
-    s.transport_for_server = transport
     loop._transports[fd] = transport
     if server is not None:
         _server_attach(server, transport)
