@@ -128,8 +128,10 @@ cdef class CoreLoop:
         return 0
 
     def _check_closed(self):
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        # Also the forked-child refusal: BaseEventLoop checks this before creating tasks,
+        # futures and running, so the child gets the clear error on every path.
+        if self.closed_flag or self.forked:
+            self.check_usable()
 
     def is_closed(self):
         """Return True if the event loop was closed."""
@@ -160,24 +162,30 @@ cdef class CoreLoop:
         h.loop = self
         h.context = PyContext_CopyCurrent() if context is None else context
         if self.debug_flag:
-            h.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+            # Cython functions push no frame: frame 0 is already the Python caller.
+            h.source_traceback = format_helpers.extract_stack(sys._getframe(0))
         return h
 
     def call_soon(self, callback, *args, context=None):
         """Arrange for a callback to be called as soon as possible, in FIFO order."""
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_thread()
             self._check_callback(callback, 'call_soon')
         cdef Handle h = self.new_handle(callback, args, context)
+        if self.ready_threadsafe:
+            # Callbacks another thread queued before this call come first (asyncio keeps one
+            # FIFO for both).
+            while self.ready_threadsafe:
+                self.ready.append(self.ready_threadsafe.popleft())
         self.ready.append(h)
         return h
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         """Like call_soon(), but thread-safe: wakes the loop from another thread."""
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_callback(callback, 'call_soon_threadsafe')
         cdef Handle h = self.new_handle(callback, args, context)
@@ -215,8 +223,8 @@ cdef class CoreLoop:
         """Arrange for a callback to be called at absolute time `when` (loop.time())."""
         if when is None:
             raise TypeError("when cannot be None")
-        if self.closed_flag:
-            raise RuntimeError('Event loop is closed')
+        if self.closed_flag or self.forked:
+            self.check_usable()
         if self.debug_flag:
             self._check_thread()
             self._check_callback(callback, 'call_at')
@@ -229,7 +237,7 @@ cdef class CoreLoop:
         th.loop = self
         th.context = PyContext_CopyCurrent() if context is None else context
         if self.debug_flag:
-            th.source_traceback = format_helpers.extract_stack(sys._getframe(1))
+            th.source_traceback = format_helpers.extract_stack(sys._getframe(0))
         th.when_ = when
         self.push_timer(th)
         return th

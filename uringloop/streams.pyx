@@ -933,7 +933,8 @@ class _WritingMixin:
 class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
                       _transports._FlowControlMixin):
     """A TCP or Unix stream socket transport driven by io_uring."""
-    __slots__ = ('_stream', '__weakref__')
+    # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
+    __slots__ = ('_stream', '__weakref__', '__dict__')
 
     # BaseEventLoop.start_tls() wraps only transports that say they can be wrapped, and
     # loop.sendfile() tries the native path only on transports that say so.
@@ -972,7 +973,8 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
 
 class ReadPipeTransport(_TransportBase, _ReadingMixin, asyncio.ReadTransport):
     """The read end of a pipe (or FIFO, socket, character device) driven by io_uring."""
-    __slots__ = ('_stream', '__weakref__')
+    # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
+    __slots__ = ('_stream', '__weakref__', '__dict__')
 
     @property
     def _pipe(self):
@@ -986,7 +988,8 @@ class ReadPipeTransport(_TransportBase, _ReadingMixin, asyncio.ReadTransport):
 
 class WritePipeTransport(_TransportBase, _WritingMixin, asyncio.WriteTransport):
     """The write end of a pipe (or FIFO, socket, character device) driven by io_uring."""
-    __slots__ = ('_stream', '__weakref__')
+    # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
+    __slots__ = ('_stream', '__weakref__', '__dict__')
 
     def can_write_eof(self):
         """Return True: closing the pipe is its EOF."""
