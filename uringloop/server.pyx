@@ -57,7 +57,7 @@ cdef class AcceptOp(Operation):
         self.retry_handle = None
         self.backing_off = False
         if not self.stopped and self.generation == 0 and \
-                not (<SocketLoop>self.loop).shutting_down:
+                not (<SocketLoop>self.loop).closing_flag:
             self.arm()
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
@@ -85,7 +85,7 @@ cdef class AcceptOp(Operation):
         # Other errors (ECONNABORTED, EPERM from a firewall, EPROTO...) concern one
         # connection only: asyncio ignores them and keeps accepting.
         # A cancel that is not our own back-off came from loop.close() (or stop()): done.
-        if final and not self.stopped and not loop.shutting_down and \
+        if final and not self.stopped and not loop.closing_flag and \
                 (res != -ECANCELED or self.backing_off):
             if self.backing_off:
                 if self.retry_handle is None:

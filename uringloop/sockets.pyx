@@ -29,7 +29,6 @@ cdef class SocketLoop(IOLoop):
     cdef BufPool bufpool
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
-    cdef bint shutting_down          # close() is draining the ring: re-arm nothing
     cdef bint in_completion          # a stream's completion is being handled right now
 
     def __cinit__(self):
@@ -38,13 +37,6 @@ cdef class SocketLoop(IOLoop):
         self.listeners = {}
         self.unix_server_inodes = {}
 
-    def close(self):
-        """Close the event loop: cancel and reap every in-flight operation, release the ring,
-        shut the default executor down without waiting. The loop must not be running."""
-        if not self.running_flag and not self.closed_flag:
-            self.shutting_down = True
-        IOLoop.close(self)
-
     def _buffer_ring_stats(self):
         """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
         ENOBUFS seen)."""
@@ -52,11 +44,12 @@ cdef class SocketLoop(IOLoop):
 
     # -- low-level socket API -----------------------------------------------------------------
 
-    async def sock_recv(self, sock, n):
-        """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
+    async def _recv_when_ready(self, sock, recv, *args):
+        # Every sock_recv*: try now; otherwise wait for readiness on the ring (a poll, so a
+        # cancelled call never loses data) and try again.
         _check_sock(self, sock)
         try:
-            return sock.recv(n)
+            return recv(*args)
         except (BlockingIOError, InterruptedError):
             pass
         fd = sock.fileno()
@@ -64,59 +57,25 @@ cdef class SocketLoop(IOLoop):
         while True:
             await self.wait_fd(fd, POLLIN)
             try:
-                return sock.recv(n)
+                return recv(*args)
             except (BlockingIOError, InterruptedError):
                 pass
+
+    async def sock_recv(self, sock, n):
+        """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
+        return await self._recv_when_ready(sock, sock.recv, n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive data from sock into buf; return the number of bytes written."""
-        _check_sock(self, sock)
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        while True:
-            await self.wait_fd(fd, POLLIN)
-            try:
-                return sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                pass
+        return await self._recv_when_ready(sock, sock.recv_into, buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize from sock; return (data, address)."""
-        _check_sock(self, sock)
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        while True:
-            await self.wait_fd(fd, POLLIN)
-            try:
-                return sock.recvfrom(bufsize)
-            except (BlockingIOError, InterruptedError):
-                pass
+        return await self._recv_when_ready(sock, sock.recvfrom, bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; return (nbytes, address)."""
-        _check_sock(self, sock)
-        if not nbytes:
-            nbytes = len(buf)
-        try:
-            return sock.recvfrom_into(buf, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        while True:
-            await self.wait_fd(fd, POLLIN)
-            try:
-                return sock.recvfrom_into(buf, nbytes)
-            except (BlockingIOError, InterruptedError):
-                pass
+        return await self._recv_when_ready(sock, sock.recvfrom_into, buf, nbytes or len(buf))
 
     async def sock_sendall(self, sock, data):
         """Send all of data to sock; return None once everything was handed to the kernel.

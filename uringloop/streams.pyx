@@ -187,7 +187,7 @@ cdef class RecvOp(Operation):
         rearm = self.rearm
         self.rearm = False
         if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                and not loop.shutting_down and self.generation == 0:
+                and not loop.closing_flag and self.generation == 0:
             self.arm()
         return 0
 
@@ -224,7 +224,7 @@ cdef class RecvOp(Operation):
             # a new group, or reading resumed before the pause's cancel landed): any other
             # cancel comes from close() or from loop.close() draining the ring.
             if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                    and not loop.shutting_down and self.generation == 0:
+                    and not loop.closing_flag and self.generation == 0:
                 self.arm()
             elif self.generation == 0:
                 loop.bufpool.on_receiver_gone()
@@ -412,7 +412,7 @@ cdef class Stream:
                 and not self.eof_seen and self.conn_lost == 0)
 
     def start_reading(self):
-        if not self.wants_read() or self.loop.shutting_down:
+        if not self.wants_read() or self.loop.closing_flag:
             return
         if self.recv_op.generation == 0:
             self.recv_op.arm()
