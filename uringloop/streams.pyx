@@ -691,33 +691,28 @@ cdef class Stream:
         if self.write_buffer_size() <= self.high_water or self.protocol_paused:
             return 0
         self.protocol_paused = True
-        try:
-            self.protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.loop.call_exception_handler({
-                'message': 'protocol.pause_writing() failed',
-                'exception': exc,
-                'transport': self.transport,
-                'protocol': self.protocol,
-            })
-        return 0
+        return self.tell_protocol('pause_writing')
 
     cdef int maybe_resume_protocol(self) except -1:
         if self.protocol_paused and self.write_buffer_size() <= self.low_water:
             self.protocol_paused = False
-            try:
-                self.protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.loop.call_exception_handler({
-                    'message': 'protocol.resume_writing() failed',
-                    'exception': exc,
-                    'transport': self.transport,
-                    'protocol': self.protocol,
-                })
+            self.tell_protocol('resume_writing')
+        return 0
+
+    cdef int tell_protocol(self, str method) except -1:
+        # Flow-control callbacks: a protocol that fails here is reported, as asyncio does,
+        # and the transport carries on.
+        try:
+            getattr(self.protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.loop.call_exception_handler({
+                'message': f'protocol.{method}() failed',
+                'exception': exc,
+                'transport': self.transport,
+                'protocol': self.protocol,
+            })
         return 0
 
     def set_write_buffer_limits(self, high=None, low=None):
