@@ -40,6 +40,7 @@ cdef class Operation:
 
     cdef inline uint64_t user_data(self)
     cdef io_uring_sqe *prepare(self) except NULL
+    cdef io_uring_sqe *prepare_poll(self, int fd, uint32_t events) except NULL
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1
     cdef int cancel(self) except -1
 

@@ -36,10 +36,7 @@ cdef class WatchPoll(Operation):
     cdef bint for_write
 
     cdef int arm(self) except -1:
-        cdef io_uring_sqe *sqe = self.prepare()
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = self.watch.fd
-        sqe.poll32_events = POLLOUT if self.for_write else (POLLIN | POLLPRI)
+        self.prepare_poll(self.watch.fd, POLLOUT if self.for_write else (POLLIN | POLLPRI))
         return 0
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
@@ -213,10 +210,7 @@ cdef class IOLoop(CoreLoop):
         op.loop = self
         fut = self.create_future()
         op.future = fut
-        cdef io_uring_sqe *sqe = op.prepare()
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = fd
-        sqe.poll32_events = events
+        op.prepare_poll(fd, events)
         fut.add_done_callback(op._on_future_done)
         return fut
 

@@ -31,6 +31,15 @@ cdef class Operation:
         sqe.user_data = self.user_data()
         return sqe
 
+    cdef io_uring_sqe *prepare_poll(self, int fd, uint32_t events) except NULL:
+        """prepare() for a one-shot POLL_ADD: readiness comes back, never data, so cancelling
+        it can lose nothing."""
+        cdef io_uring_sqe *sqe = self.prepare()
+        sqe.opcode = IORING_OP_POLL_ADD
+        sqe.fd = fd
+        sqe.poll32_events = events
+        return sqe
+
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         return 0
 
@@ -165,30 +174,4 @@ cdef class WakeupRead(Operation):
         self.loop.wakeup_armed_write = False
         if not self.loop.closing_flag and not self.cancelling:
             self.arm()
-        return 0
-
-
-cdef class PollOp(Operation):
-    """A one-shot POLL_ADD: the readiness half of sock_* calls and of add_reader/add_writer.
-    Readiness, not the data, comes back, so cancelling never loses bytes."""
-    cdef object waiter          # callable(events_or_negative_errno)
-    cdef int fd
-    cdef uint32_t events
-
-    cdef int arm(self, int fd, uint32_t events, waiter) except -1:
-        cdef io_uring_sqe *sqe = self.prepare()
-        self.fd = fd
-        self.events = events
-        self.waiter = waiter
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = fd
-        sqe.poll32_events = events
-        return 0
-
-    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        waiter = self.waiter
-        self.waiter = None
-        self.cancelling = False
-        if waiter is not None:
-            waiter(res)
         return 0

@@ -25,10 +25,7 @@ cdef class PidfdPoll(Operation):
     cdef int pidfd
 
     cdef int arm(self) except -1:
-        cdef io_uring_sqe *sqe = self.prepare()
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = self.pidfd
-        sqe.poll32_events = POLLIN_
+        self.prepare_poll(self.pidfd, POLLIN_)
         return 0
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:

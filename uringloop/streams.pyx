@@ -67,9 +67,26 @@ def _call_soon_later(loop, callback, args):
     loop.call_soon(callback, *args)
 
 
-cdef class RecvOp(Operation):
-    """The multishot receive of one Stream."""
+cdef class StreamOp(Operation):
+    """An operation a Stream owns. Its completion is handled with the loop's in_completion
+    flag set, so the callbacks it triggers run in the next iteration, as asyncio schedules
+    them from an fd's I/O callback."""
     cdef Stream stream
+
+    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        loop.in_completion = True
+        try:
+            return self.handle(res, flags, final)
+        finally:
+            loop.in_completion = False
+
+    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
+        return 0
+
+
+cdef class RecvOp(StreamOp):
+    """The multishot receive of one Stream."""
     cdef BufGroup group          # provided-buffer mode: the group the receive is armed on
     cdef bint rearm              # re-arm when the pending cancel lands (group move, resume)
     cdef bint into               # one-shot RECV into a BufferedProtocol's own buffer
@@ -142,15 +159,10 @@ cdef class RecvOp(Operation):
             PyBuffer_Release(&self.view)
         self.keep = None
 
-    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
-        loop.in_completion = True
-        try:
-            if self.into:
-                return self.handle_into(res)
-            return self.handle(res, flags, final)
-        finally:
-            loop.in_completion = False
+    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
+        if self.into:
+            return self.handle_into(res)
+        return self.handle_multishot(res, flags, final)
 
     cdef int handle_into(self, int32_t res) except -1:
         cdef Stream s = self.stream
@@ -191,7 +203,7 @@ cdef class RecvOp(Operation):
             self.arm()
         return 0
 
-    cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
+    cdef int handle_multishot(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
         cdef BufGroup g = self.group
         cdef uint16_t bid
@@ -235,9 +247,8 @@ cdef class RecvOp(Operation):
             PyBuffer_Release(&self.view)
 
 
-cdef class SendOp(Operation):
+cdef class SendOp(StreamOp):
     """The one SEND/WRITE of a Stream in flight; `keep` pins the bytes until the final CQE."""
-    cdef Stream stream
     cdef object data             # what is still to be written (None once aborted)
     cdef Py_ssize_t offset
     cdef bint polling            # waiting for POLLOUT after the kernel said EAGAIN
@@ -273,14 +284,6 @@ cdef class SendOp(Operation):
             return 0
         return PyBytes_GET_SIZE(self.data) - self.offset
 
-    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
-        loop.in_completion = True
-        try:
-            return self.handle(res, flags, final)
-        finally:
-            loop.in_completion = False
-
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef Stream s = self.stream
         if not final:
@@ -310,26 +313,13 @@ cdef class SendOp(Operation):
         return s.on_write_done()
 
 
-cdef class PeerWatch(Operation):
+cdef class PeerWatch(StreamOp):
     """Readability of a write pipe's fd: for a pipe it only happens when the reader goes
     away (POLLERR); asyncio's write pipe transport watches the same to notice it."""
-    cdef Stream stream
 
     cdef int arm(self) except -1:
-        cdef io_uring_sqe *sqe = self.prepare()
-        self.cancelling = False
-        sqe.opcode = IORING_OP_POLL_ADD
-        sqe.fd = self.stream.fd
-        sqe.poll32_events = POLLIN
+        self.prepare_poll(self.stream.fd, POLLIN)
         return 0
-
-    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
-        loop.in_completion = True
-        try:
-            return self.handle(res, flags, final)
-        finally:
-            loop.in_completion = False
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if res == -ECANCELED or self.stream.conn_lost or self.stream.sock is None:
