@@ -14,15 +14,22 @@
 # freed only when the last receive armed on it has delivered its final CQE (its record holds a
 # reference to the group until then), so the kernel is never left with a buffer we freed.
 
-from libc.stdlib cimport malloc, free
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 # One buffer is 64 KiB, so a 64 KiB message arrives in one completion and one data_received()
 # (16 KiB buffers made it four, each with its own write: 120 against 73 µs of server CPU per
-# 64 KiB echo round-trip). The memory is reserved, not touched: the kernel only faults in the
-# pages it writes, so a thousand connections exchanging 1 KiB messages keep 4 KiB per buffer
-# resident.
+# 64 KiB echo round-trip). The memory is an anonymous mapping, reserved, not touched: the kernel
+# only faults in the pages it writes, so a thousand connections exchanging 1 KiB messages keep
+# 4 KiB per buffer resident.
+#
+# Every buffer starts on a page boundary, and that is a measured necessity, not tidiness. The
+# kernel copies received data with `rep movsb`, which on this AMD EPYC runs ~20x slower when the
+# destination sits 1 to 31 bytes past the source modulo 4 KiB (28 against 1.4 µs per 64 KiB;
+# benchmarks/copy_alignment.py measures it). Loopback and page-fragment skbs hold data from a page
+# boundary, so buffers at malloc's usual page + 16 hit exactly that window: the 64 KiB echo
+# cost twice uvloop's server CPU until the buffers were page-aligned.
 cdef unsigned PBUF_SIZE = 65536
 cdef unsigned PBUF_MIN = 8
 cdef unsigned PBUF_MAX = 32768     # the kernel's limit on a buffer ring's entries
@@ -32,7 +39,8 @@ cdef class BufGroup:
     """One registered provided-buffer ring and the memory of its buffers."""
     cdef Ring ring
     cdef ul_pbuf_ring pbr
-    cdef char *mem
+    cdef char *mem               # page-aligned (see above)
+    cdef size_t mem_len
     cdef unsigned nbufs
     cdef bint registered
     cdef unsigned users          # receives armed on this group (final CQE not yet seen)
@@ -40,13 +48,15 @@ cdef class BufGroup:
     cdef int setup(self, Ring ring, unsigned nbufs, uint16_t bgid) except -1:
         cdef unsigned i
         cdef int err
-        self.mem = <char *>malloc(<size_t>nbufs * PBUF_SIZE)
-        if self.mem == NULL:
+        cdef void *mem = mmap(NULL, <size_t>nbufs * PBUF_SIZE, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if mem == MAP_FAILED:
             raise MemoryError()
+        self.mem = <char *>mem
+        self.mem_len = <size_t>nbufs * PBUF_SIZE
         err = ul_pbuf_ring_register(&ring.r, &self.pbr, nbufs, bgid)
         if err < 0:
-            free(self.mem)
-            self.mem = NULL
+            self.unmap()
             raise OSError(-err, 'IORING_REGISTER_PBUF_RING: ' + os.strerror(-err))
         self.ring = ring
         self.registered = True
@@ -76,8 +86,11 @@ cdef class BufGroup:
                 dead.fd = -1        # the ring is gone: only our mapping is left to undo
                 ul_pbuf_ring_unregister(&dead, &self.pbr)
             self.registered = False
+        self.unmap()
+
+    cdef void unmap(self):
         if self.mem != NULL:
-            free(self.mem)
+            munmap(self.mem, self.mem_len)
             self.mem = NULL
 
 
