@@ -110,6 +110,8 @@ cdef class CoreLoop:
     cdef int rebuild_timers(self) except -1
     cdef int fit_ring(self) except -1
     cdef int run_once(self) except -1
+    cdef int poll(self) except -1
+    cdef int run_ready(self) except -1
     cdef int dispatch_completions(self) except -1
     cdef int drain_operations(self, double deadline) except -1
     cdef int check_usable(self) except -1

@@ -352,15 +352,35 @@ cdef class CoreLoop:
         return 0
 
     cdef int run_once(self) except -1:
-        cdef Py_ssize_t ntimers, i, ntodo
-        cdef TimerHandle th
-        cdef Handle h
-        cdef double timeout, now, end_time, t0, dt
-        cdef long long timeout_ns
-        cdef list todo
+        """One iteration: size the ring, run the batch the previous poll made ready, then hand
+        the batch's SQEs to the kernel in the same io_uring_enter that waits, and collect.
 
+        This is asyncio's cycle (poll, then run what is ready) entered one step later, and the
+        order is what keeps `pending` structural. A SEND, an ACCEPT re-arm or a one-shot poll
+        that a callback queues is submitted, and usually completed inline, by this
+        iteration's enter and reaped by its dispatch, so the next entry counts only what the
+        kernel really still holds. Sized before the callbacks instead, each queued SEND would
+        count at the entry and swing `pending` across a power of two every few iterations."""
         self.iterations += 1
         self.fit_ring()
+        self.run_ready()
+        if self.stopping_flag:
+            # asyncio runs nothing after the batch that called stop(). What the batch queued
+            # still goes to the kernel now, so a write made just before stop() is not held
+            # back until the loop runs again; its completion waits for the next dispatch.
+            if ul_sq_queued(&self.ring.r):
+                self.ring.enter(0, 0)
+            return 0
+        self.poll()
+        return 0
+
+    cdef int poll(self) except -1:
+        """Submit what is queued, wait for the first completion (or the next timer), and turn
+        completions, cross-thread calls and due timers into the next batch."""
+        cdef Py_ssize_t ntimers
+        cdef TimerHandle th
+        cdef double timeout, end_time
+        cdef long long timeout_ns
 
         ntimers = len(self.timers)
         if (ntimers > MIN_CANCELLED_TIMERS and
@@ -371,7 +391,7 @@ cdef class CoreLoop:
                 self.pop_timer()
                 self.timers_cancelled -= 1
 
-        if self.ready or self.stopping_flag or self.ready_threadsafe:
+        if self.ready or self.ready_threadsafe or self.stopping_flag:
             timeout_ns = 0
         elif self.timers:
             timeout = (<TimerHandle>self.timers[0]).when_ - monotonic()
@@ -405,10 +425,15 @@ cdef class CoreLoop:
                 break
             self.pop_timer()
             self.ready.append(th)
+        return 0
 
-        # Only what is ready now runs in this iteration; callbacks they schedule wait for the
-        # next one, after the ring has been polled again.
-        todo = self.ready
+    cdef int run_ready(self) except -1:
+        """Run the handles that are ready now; callbacks they schedule wait for the next
+        batch, after the ring has been polled again."""
+        cdef Py_ssize_t i, ntodo
+        cdef Handle h
+        cdef double t0, dt
+        cdef list todo = self.ready
         self.ready = self.ready_spare
         ntodo = len(todo)
         i = 0
@@ -495,6 +520,10 @@ cdef class CoreLoop:
         self.running_flag = True
         try:
             events._set_running_loop(self)
+            # The first batch of a run is what is ready after a poll, as in asyncio (the
+            # pattern `call_soon(loop.stop); run_forever()` polls once and runs what the I/O
+            # made ready); every later batch comes from the previous iteration's poll.
+            self.poll()
             while True:
                 self.run_once()
                 if self.stopping_flag:
