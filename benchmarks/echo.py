@@ -23,10 +23,11 @@ The machine has two cores: client and server each take one, so compare cpu/rt, n
     python benchmarks/echo.py                       # everything, 3 rounds (~6 min)
     python benchmarks/echo.py --quick               # 1 round, 1 s windows
     python benchmarks/echo.py --styles protocol --sizes 1024 --conns 100
-    python benchmarks/echo.py --loops uringloop,uringloop-queued   # write path comparison
+    python benchmarks/echo.py --loops uringloop,uringloop-direct,uringloop-queued  # write paths
 
-'uringloop-queued' is uringloop with the write path switched to queueing every write as a
-SEND on the ring (the alternative the default, direct send() first, was chosen against).
+'uringloop' uses the default write path: writes under 32 KiB are staged as a SEND that leaves
+in the iteration's io_uring_enter, larger ones try a direct send() first. 'uringloop-direct'
+sends every write with send() first, 'uringloop-queued' stages every write.
 """
 
 import argparse
@@ -163,10 +164,10 @@ def server_main(loop_name, style):
     import resource
     sys.path.insert(0, HERE)
     from _common import new_loop
-    if loop_name == 'uringloop-queued':
+    if loop_name in ('uringloop-queued', 'uringloop-direct'):
         loop = new_loop('uringloop')
         import uringloop._core
-        uringloop._core._set_write_path('queued')
+        uringloop._core._set_write_path(loop_name.split('-')[1])
     else:
         loop = new_loop(loop_name)
     asyncio.set_event_loop(loop)

@@ -257,3 +257,60 @@ def test_debug_mode_checks_invariant_against_kernel():
         a.close()
         b.close()
     assert stats.iterations > 1
+
+
+def test_echo_writes_do_not_swing_the_ring():
+    """A Protocol echo answers from data_received(), inside the completion dispatch. Its SENDs
+    are staged and leave in the next iteration's enter, after that iteration's ring fit, and
+    are reaped before the following one: at every entry `pending` is the structural count, so
+    a ring sized for the connections is not pushed across a power of two by their writes.
+    14 connections make that count 30 (a receive at each end of each connection, the
+    listener's accept, the wake-up read): a ring of 32, which two SENDs counted at an entry
+    would take to 64. Had the SENDs been prepared when write() was called, every echo of a
+    dispatch would count at the next entry."""
+    loop = uringloop.new_event_loop()
+    seen = []
+    recording = False
+
+    def observer(stats):
+        if recording:
+            seen.append(stats)
+    loop._set_iteration_observer(observer)
+    nconn, rounds = 14, 200
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        nonlocal recording
+        server = await loop.create_server(Echo, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        pairs = await asyncio.gather(*(asyncio.open_connection('127.0.0.1', port)
+                                       for _ in range(nconn)))
+        await asyncio.sleep(0.05)      # every accepted connection has its receive armed
+
+        async def ping(reader, writer):
+            for i in range(rounds):
+                writer.write(b'%08d' % i)
+                assert await reader.readexactly(8) == b'%08d' % i
+
+        recording = True
+        await asyncio.gather(*(ping(r, w) for r, w in pairs))
+        recording = False
+        for _, w in pairs:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert len(seen) > 50
+    assert [st for st in seen if st.capacity != next_power_of_two(st.pending + 1)] == []
+    assert max(st.pending for st in seen) == 2 * nconn + 2
+    assert {st.capacity for st in seen} == {32}

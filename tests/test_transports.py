@@ -654,3 +654,88 @@ def test_buffered_protocol_pause_resume_in_order(loop):
     ok, violations = run(loop, main())
     assert ok
     assert violations == []
+
+
+def test_abort_right_after_small_write_delivers_it(loop):
+    # asyncio's write() hands a small write to a writable socket at once, so abort() in the
+    # same callback cannot take it back: the peer gets the bytes, then EOF.
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        lost = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+        tr, _ = await loop.create_connection(P, sock=a)
+        tr.write(b'first ')
+        tr.write(b'second')
+        tr.abort()
+        assert await lost is None
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(b, 100)
+            if not chunk:
+                break
+            got += chunk
+        b.close()
+        return bytes(got)
+    assert run(loop, main()) == b'first second'
+
+
+def test_write_just_before_stop_leaves_without_another_run(loop):
+    # The batch that calls stop() is the last one, but its writes must not wait for the loop
+    # to run again: a peer reading with a blocking recv() gets them.
+    a, b = socket.socketpair()
+    b.settimeout(10)
+    tr, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=a))
+
+    def write_and_stop():
+        tr.write(b'ping')
+        loop.stop()
+    loop.call_soon(write_and_stop)
+    loop.run_forever()
+    try:
+        assert b.recv(100) == b'ping'
+    finally:
+        tr.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        b.close()
+
+
+def test_small_writes_of_one_iteration_arrive_in_order(loop):
+    # Writes staged in one iteration leave together; with a large write between them (which
+    # takes the direct path) the order must still be the order of the write() calls.
+    async def main():
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        parts = [b'a' * 10, b'b' * 40000, b'c' * 7, os.urandom(100000), b'd' * 3]
+        for p in parts:
+            tr.write(p)
+        tr.write_eof()
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(b, 1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        tr.close()
+        b.close()
+        return bytes(got) == b''.join(parts)
+    assert run(loop, main())
+
+
+def test_write_while_loop_not_running_leaves_at_once(loop):
+    # asyncio's write() outside a running loop sends straight away: code that writes and then
+    # waits for a reply with a blocking call, before running the loop again, relies on it.
+    a, b = socket.socketpair()
+    b.settimeout(10)
+    tr, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=a))
+    try:
+        tr.write(b'now')
+        assert b.recv(100) == b'now'
+    finally:
+        tr.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        b.close()

@@ -36,6 +36,7 @@ cdef class Operation:
     cdef uint32_t slot
     cdef uint32_t generation      # 0 while the record is not registered with the slab
     cdef bint cancelling
+    cdef bint staged              # in the loop's `staged` list: its SQE is made at submission
     cdef object keep              # everything the kernel may read or write until the final CQE
 
     cdef inline uint64_t user_data(self)
@@ -43,6 +44,8 @@ cdef class Operation:
     cdef io_uring_sqe *prepare_poll(self, int fd, uint32_t events) except NULL
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1
     cdef int cancel(self) except -1
+    cdef int stage(self) except -1
+    cdef int flush(self) except -1
 
 
 cdef class OpSlab:
@@ -100,6 +103,7 @@ cdef class CoreLoop:
     cdef Operation wakeup_op
     cdef int wakeup_fd
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
+    cdef list staged               # Operations whose SQE is made right before the next enter
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
@@ -112,6 +116,7 @@ cdef class CoreLoop:
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
     cdef int run_ready(self) except -1
+    cdef int submit_staged(self) except -1
     cdef int dispatch_completions(self) except -1
     cdef int drain_operations(self, double deadline) except -1
     cdef int check_usable(self) except -1

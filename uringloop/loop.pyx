@@ -51,6 +51,7 @@ cdef class CoreLoop:
         self.slab = OpSlab()
         self.ready = []
         self.ready_spare = []
+        self.staged = []
         self.ready_threadsafe = collections.deque()
         self.timers = []
         self.closed_flag = True        # until the ring exists: __del__ must not warn
@@ -368,10 +369,22 @@ cdef class CoreLoop:
             # asyncio runs nothing after the batch that called stop(). What the batch queued
             # still goes to the kernel now, so a write made just before stop() is not held
             # back until the loop runs again; its completion waits for the next dispatch.
+            self.submit_staged()
             if ul_sq_queued(&self.ring.r):
                 self.ring.enter(0, 0)
             return 0
         self.poll()
+        return 0
+
+    cdef int submit_staged(self) except -1:
+        cdef list ops = self.staged
+        cdef Operation op
+        if not ops:
+            return 0
+        self.staged = []
+        for op in ops:
+            op.staged = False
+            op.flush()
         return 0
 
     cdef int poll(self) except -1:
@@ -403,6 +416,7 @@ cdef class CoreLoop:
         else:
             timeout_ns = -1
 
+        self.submit_staged()
         if timeout_ns != 0:
             self.ring.enter(1, timeout_ns)
         elif ul_sq_queued(&self.ring.r) or ul_has_work(&self.ring.r):
@@ -569,6 +583,7 @@ cdef class CoreLoop:
             # down: they must outlive this loop.
             _orphaned_operations.extend(r for r in self.slab.records if r is not None)
         self.closed_flag = True
+        self.staged.clear()         # never prepared: the kernel has not seen them
         self.ready.clear()
         self.ready_threadsafe.clear()
         self.timers.clear()

@@ -43,6 +43,20 @@ cdef class Operation:
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         return 0
 
+    cdef int stage(self) except -1:
+        """Ask for flush() to run right before the loop's next io_uring_enter. An operation
+        that a completion handler starts is prepared then, not now, so it is submitted, and
+        usually completed and reaped, within one iteration instead of counting in `pending`
+        at the next ring fit; work that piles up meanwhile leaves in the same SQE."""
+        if not self.staged:
+            self.staged = True
+            self.loop.staged.append(self)
+        return 0
+
+    cdef int flush(self) except -1:
+        """Prepare the SQE that stage() deferred (or nothing, if the need went away)."""
+        return 0
+
     cdef int cancel(self) except -1:
         if self.generation == 0 or self.cancelling:
             return 0

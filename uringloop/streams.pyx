@@ -21,6 +21,7 @@
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport INT64_MAX
 
 from asyncio import (constants as _constants, protocols as _protocols, trsock as _trsock,
                      transports as _transports)
@@ -47,20 +48,32 @@ cdef enum StreamKind:
     KIND_READ_PIPE = 1
     KIND_WRITE_PIPE = 2
 
-# The write path, chosen by measurement (benchmarks/echo.py, see benchmarks/README.md): a
-# direct non-blocking send() first, and a queued SEND only for what the socket did not take.
-# The queued-first path saves the syscall but puts one SEND per message in `pending`, which
-# then swings across a power of two every few iterations and resizes the ring hundreds of
-# times a second; the direct path keeps `pending` structural (one RECV per connection).
-cdef bint write_direct_first = True
+# The write path, chosen by measurement (benchmarks/echo.py; numbers in benchmarks/README.md).
+# A write smaller than DIRECT_WRITE_MIN is staged: its SEND is made right before the
+# iteration's io_uring_enter and leaves in it, so a server answering many connections makes
+# one syscall per iteration instead of one send() per write (1 KiB echo, 100 connections: 0.2
+# syscalls per round-trip and 10.3 µs of server CPU, against 1.05 and 15.8 with send() first).
+# From 32 KiB on, the write goes out with a direct non-blocking send() first and only what the
+# socket did not take is staged: a staged write keeps its bytes alive across the enter, and
+# with a hundred connections glibc's heap trimming then hands those pages back to the kernel
+# and faults them in again every iteration (64 KiB echo, 100 connections: 117 against 52 µs),
+# while the syscall saved is worth less and less beside the copy.
+cdef Py_ssize_t DIRECT_WRITE_MIN = 32768
+cdef Py_ssize_t direct_write_min = DIRECT_WRITE_MIN
 
 
 def _set_write_path(path):
-    """Benchmark aid: choose the write path being measured ('direct' or 'queued')."""
-    global write_direct_first
-    if path not in ('queued', 'direct'):
+    """Benchmark aid: measure one write path for every size ('direct' or 'queued'), or go back
+    to the size rule ('auto')."""
+    global direct_write_min
+    if path == 'auto':
+        direct_write_min = DIRECT_WRITE_MIN
+    elif path == 'direct':
+        direct_write_min = 0
+    elif path == 'queued':
+        direct_write_min = INT64_MAX
+    else:
         raise ValueError(path)
-    write_direct_first = path == 'direct'
 
 
 def _call_soon_later(loop, callback, args):
@@ -248,7 +261,9 @@ cdef class RecvOp(StreamOp):
 
 
 cdef class SendOp(StreamOp):
-    """The one SEND/WRITE of a Stream in flight; `keep` pins the bytes until the final CQE."""
+    """The one SEND/WRITE of a Stream; `keep` pins the bytes until the final CQE. It is staged
+    (see Operation.stage): the SQE is made right before the loop's next enter, so what the
+    stream's writes of one iteration add meanwhile leaves in the same SEND."""
     cdef object data             # what is still to be written (None once aborted)
     cdef Py_ssize_t offset
     cdef bint polling            # waiting for POLLOUT after the kernel said EAGAIN
@@ -258,6 +273,19 @@ cdef class SendOp(StreamOp):
         self.keep = data
         self.offset = 0
         self.polling = False
+        return self.stage()
+
+    cdef int flush(self) except -1:
+        cdef Stream s = self.stream
+        if self.data is None:
+            self.keep = None            # aborted before it reached the kernel
+            return 0
+        if s.wbuf and self.offset == 0 and not self.polling:
+            s.wbuf.insert(0, self.data)
+            self.data = b''.join(s.wbuf)
+            self.keep = self.data
+            s.wbuf.clear()
+            s.wbuf_size = 0
         return self.submit()
 
     cdef int submit(self) except -1:
@@ -296,18 +324,18 @@ cdef class SendOp(StreamOp):
             return 0
         if self.polling:
             self.polling = False
-            return self.submit()
+            return self.stage()
         if res == -EAGAIN:
             # A non-blocking pipe makes the kernel answer EAGAIN instead of waiting.
             self.polling = True
-            return self.submit()
+            return self.stage()
         if res < 0:
             self.data = None
             self.keep = None
             return s.on_write_error(res)
         self.offset += res
         if self.offset < PyBytes_GET_SIZE(self.data):
-            return self.submit()
+            return self.stage()
         self.data = None
         self.keep = None
         return s.on_write_done()
@@ -584,8 +612,9 @@ cdef class Stream:
             self.wbuf_size += n
         else:
             # Pipes write directly first, as asyncio does: code that writes to a pipe and
-            # then reads its other end with a blocking os.read() relies on it.
-            if write_direct_first or self.kind != KIND_SOCKET:
+            # then reads its other end with a blocking os.read() relies on it. So does a
+            # socket written to while the loop is not running: no enter is coming to carry it.
+            if n >= direct_write_min or self.kind != KIND_SOCKET or not self.loop.running_flag:
                 if self.kind == KIND_SOCKET:
                     sent = c_send(self.fd, PyBytes_AS_STRING(b), n, MSG_NOSIGNAL | MSG_DONTWAIT)
                 else:
@@ -745,6 +774,7 @@ cdef class Stream:
         if self.conn_lost and self.kind == KIND_SOCKET:
             return 0
         if self.send_op is not None and self.writing():
+            self.send_staged_now()
             self.wbuf.clear()
             self.wbuf_size = 0
             self.send_op.data = None          # `keep` still pins the bytes for the kernel
@@ -756,6 +786,23 @@ cdef class Stream:
             self.peer_watch.cancel()
         self.conn_lost += 1
         self.soon(self.call_connection_lost, (exc,))
+        return 0
+
+    cdef int send_staged_now(self) except -1:
+        """A staged write that never reached the kernel is one asyncio's write() would already
+        have handed to the socket: abort() must not take it back. Give it to the socket now,
+        without blocking, before the rest is dropped."""
+        cdef SendOp op = self.send_op
+        cdef bytes data
+        if not op.staged or op.offset != 0 or op.polling or op.data is None \
+                or self.kind != KIND_SOCKET or self.sock is None:
+            return 0
+        if self.wbuf:
+            data = b''.join([op.data] + self.wbuf)
+        else:
+            data = op.data
+        c_send(self.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+               MSG_NOSIGNAL | MSG_DONTWAIT)        # best effort, as asyncio's write() was
         return 0
 
     cdef int fatal_error(self, exc, message) except -1:
