@@ -26,7 +26,8 @@ cdef class Ring:
     cdef int resize(self, unsigned sq_entries) except -1
     cdef unsigned kernel_sq_entries(self)
     cdef io_uring_sqe *get_sqe(self) except NULL
-    cdef int enter(self, unsigned wait_nr, long long timeout_ns) except -1
+    cdef int enter(self, unsigned wait_nr, long long timeout_ns,
+                   unsigned min_wait_us=*) except -1
     cdef unsigned reap(self) except? 0
     cdef void close(self)
 
@@ -104,6 +105,7 @@ cdef class CoreLoop:
     cdef int wakeup_fd
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
     cdef list staged               # Operations whose SQE is made right before the next enter
+    cdef uint64_t other_completions  # CQEs the last poll reaped beyond its staged SENDs' own
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)

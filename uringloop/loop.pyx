@@ -17,6 +17,9 @@ cdef extern from "sys/eventfd.h" nogil:
 
 # The longest single wait; asyncio uses the same bound (24 hours) for selectors.
 cdef double MAXIMUM_WAIT = 24 * 3600.0
+# How long an enter that submitted staged SENDs holds out for one completion beyond theirs
+# (see CoreLoop.poll); the latency a SEND delayed by a full socket can add, at most.
+cdef unsigned BATCH_WAIT_US = 50
 # A heap with more cancelled timers than this share of its size gets compacted.
 cdef Py_ssize_t MIN_CANCELLED_TIMERS = 100
 cdef double MIN_CANCELLED_FRACTION = 0.5
@@ -394,6 +397,8 @@ cdef class CoreLoop:
         cdef TimerHandle th
         cdef double timeout, end_time
         cdef long long timeout_ns
+        cdef unsigned queued, sends
+        cdef uint64_t completed
 
         ntimers = len(self.timers)
         if (ntimers > MIN_CANCELLED_TIMERS and
@@ -416,14 +421,31 @@ cdef class CoreLoop:
         else:
             timeout_ns = -1
 
+        queued = ul_sq_queued(&self.ring.r)
         self.submit_staged()
+        sends = ul_sq_queued(&self.ring.r) - queued
+        completed = self.ring.completed
         if timeout_ns != 0:
-            self.ring.enter(1, timeout_ns)
+            if sends and self.other_completions > 1 and \
+                    (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
+                # Staged SENDs nearly always complete inline, during the submission, and
+                # their CQEs alone would end the wait at once: one more enter per iteration
+                # just to go back to sleep. On a busy loop (the last poll brought more than
+                # one completion of its own) the next event is near: wait for the SENDs plus
+                # one event, for at most BATCH_WAIT_US; then any completion ends the wait, so
+                # a SEND that a full socket holds back costs at most that much latency, never
+                # a hang. An idle loop (one request at a time) would mostly see that timer
+                # expire, a second wake-up per round-trip: it takes the extra enter instead.
+                self.ring.enter(1 + sends, timeout_ns, BATCH_WAIT_US)
+            else:
+                self.ring.enter(1, timeout_ns)
         elif ul_sq_queued(&self.ring.r) or ul_has_work(&self.ring.r):
             # Nothing to wait for, but SQEs to submit or completions to collect. When neither
             # holds (TASKRUN_FLAG tells us), a busy iteration skips the syscall entirely.
             self.ring.enter(0, 0)
         self.dispatch_completions()
+        completed = self.ring.completed - completed
+        self.other_completions = completed - sends if completed > sends else 0
 
         while self.ready_threadsafe:
             self.ready.append(self.ready_threadsafe.popleft())

@@ -253,7 +253,22 @@ struct io_uring_sqe *ul_get_sqe(ul_ring *ring)
     return sqe;
 }
 
+/* struct io_uring_getevents_arg as of 6.12, where `pad` became min_wait_usec: declared here
+ * so the build does not depend on how new the system's uapi header is. */
+struct ul_getevents_arg {
+    uint64_t sigmask;
+    uint32_t sigmask_sz;
+    uint32_t min_wait_usec;
+    uint64_t ts;
+};
+
 int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns)
+{
+    return ul_submit_and_wait_batch(ring, wait_nr, timeout_ns, 0);
+}
+
+int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
+                             unsigned min_wait_us)
 {
     /* Everything the kernel has not consumed, including SQEs a resize already published. */
     unsigned to_submit = ring->sq_tail - load_acquire(ring->sq_khead);
@@ -265,12 +280,21 @@ int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns)
     void *arg = NULL;
     size_t argsz = _NSIG / 8;
     struct __kernel_timespec ts;
-    struct io_uring_getevents_arg ext;
-    if (wait_nr && timeout_ns >= 0) {
-        ts.tv_sec = timeout_ns / 1000000000LL;
-        ts.tv_nsec = timeout_ns % 1000000000LL;
+    struct ul_getevents_arg ext;
+    if (min_wait_us && !(ring->features & UL_FEAT_MIN_TIMEOUT)) {
+        /* Without the bounded batch wait, waiting for more than one could wait forever. */
+        min_wait_us = 0;
+        if (wait_nr > 1)
+            wait_nr = 1;
+    }
+    if (wait_nr && (timeout_ns >= 0 || min_wait_us)) {
         memset(&ext, 0, sizeof(ext));
-        ext.ts = (uint64_t)(uintptr_t)&ts;
+        if (timeout_ns >= 0) {
+            ts.tv_sec = timeout_ns / 1000000000LL;
+            ts.tv_nsec = timeout_ns % 1000000000LL;
+            ext.ts = (uint64_t)(uintptr_t)&ts;
+        }
+        ext.min_wait_usec = min_wait_us;
         arg = &ext;
         argsz = sizeof(ext);
         flags |= IORING_ENTER_EXT_ARG;

@@ -98,11 +98,12 @@ cdef class Ring:
                 raise RuntimeError("io_uring SQ full after growing")
         return sqe
 
-    cdef int enter(self, unsigned wait_nr, long long timeout_ns) except -1:
+    cdef int enter(self, unsigned wait_nr, long long timeout_ns,
+                   unsigned min_wait_us=0) except -1:
         cdef unsigned before = ul_sq_queued(&self.r)
         cdef int ret
         with nogil:
-            ret = ul_submit_and_wait(&self.r, wait_nr, timeout_ns)
+            ret = ul_submit_and_wait_batch(&self.r, wait_nr, timeout_ns, min_wait_us)
         self.submitted += before - ul_sq_queued(&self.r)
         if ret >= 0 or ret == -ETIME or ret == -EBUSY or ret == -EAGAIN:
             return 0

@@ -51,6 +51,8 @@ cdef extern from "ring.h" nogil:
     unsigned ul_sq_queued(const ul_ring *ring)
     unsigned ul_kernel_sq_entries(const ul_ring *ring)
     int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns)
+    int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
+                                 unsigned min_wait_us)
     unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned maxn)
     unsigned ul_cq_ready(const ul_ring *ring)
     int ul_has_work(const ul_ring *ring)
