@@ -356,27 +356,25 @@ cdef class CoreLoop:
         return 0
 
     cdef int run_once(self) except -1:
-        """One iteration: size the ring, run the batch the previous poll made ready, then hand
-        the batch's SQEs to the kernel in the same io_uring_enter that waits, and collect.
+        """One iteration, asyncio's cycle: size the ring to what is pending, poll (submit and
+        wait in one io_uring_enter, then collect), run the batch that is ready.
 
-        This is asyncio's cycle (poll, then run what is ready) entered one step later, and the
-        order is what keeps `pending` structural. A SEND, an ACCEPT re-arm or a one-shot poll
-        that a callback queues is submitted, and usually completed inline, by this
-        iteration's enter and reaped by its dispatch, so the next entry counts only what the
-        kernel really still holds. Sized before the callbacks instead, each queued SEND would
-        count at the entry and swing `pending` across a power of two every few iterations."""
+        Operations that a batch or a completion handler starts are staged (Operation.stage):
+        their SQEs are made in poll(), after this entry's ring fit and right before the
+        enter, so a SEND that completes inline is submitted and reaped between two entries
+        and never counts in `pending`. Prepared on the spot, each in-flight SEND would count
+        at the next entry and swing `pending` across a power of two every few iterations."""
         self.iterations += 1
         self.fit_ring()
+        self.poll()
         self.run_ready()
         if self.stopping_flag:
-            # asyncio runs nothing after the batch that called stop(). What the batch queued
-            # still goes to the kernel now, so a write made just before stop() is not held
-            # back until the loop runs again; its completion waits for the next dispatch.
+            # The batch that called stop() is the last one; what it staged still goes to the
+            # kernel now, so a write made just before stop() is not held back until the loop
+            # runs again. Its completion waits for the next dispatch.
             self.submit_staged()
             if ul_sq_queued(&self.ring.r):
                 self.ring.enter(0, 0)
-            return 0
-        self.poll()
         return 0
 
     cdef int submit_staged(self) except -1:
@@ -398,7 +396,7 @@ cdef class CoreLoop:
         cdef double timeout, end_time
         cdef long long timeout_ns
         cdef unsigned queued, sends
-        cdef uint64_t completed
+        cdef uint64_t completed, events
 
         ntimers = len(self.timers)
         if (ntimers > MIN_CANCELLED_TIMERS and
@@ -426,16 +424,16 @@ cdef class CoreLoop:
         sends = ul_sq_queued(&self.ring.r) - queued
         completed = self.ring.completed
         if timeout_ns != 0:
-            if sends and self.other_completions > 1 and \
+            if sends and self.batching and \
                     (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
                 # Staged SENDs nearly always complete inline, during the submission, and
                 # their CQEs alone would end the wait at once: one more enter per iteration
-                # just to go back to sleep. On a busy loop (the last poll brought more than
-                # one completion of its own) the next event is near: wait for the SENDs plus
-                # one event, for at most BATCH_WAIT_US; then any completion ends the wait, so
-                # a SEND that a full socket holds back costs at most that much latency, never
-                # a hang. An idle loop (one request at a time) would mostly see that timer
-                # expire, a second wake-up per round-trip: it takes the extra enter instead.
+                # just to go back to sleep. On a busy loop the next event is near: wait for the
+                # SENDs plus one event, for at most BATCH_WAIT_US; then any completion ends the
+                # wait, so a SEND that a full socket holds back costs at most that much
+                # latency, never a hang. A loop serving one request at a time would mostly see
+                # that timer expire, a second wake-up per round-trip: it batches only while
+                # its polls bring at least two events besides the SENDs' own.
                 self.ring.enter(1 + sends, timeout_ns, BATCH_WAIT_US)
             else:
                 self.ring.enter(1, timeout_ns)
@@ -445,7 +443,8 @@ cdef class CoreLoop:
             self.ring.enter(0, 0)
         self.dispatch_completions()
         completed = self.ring.completed - completed
-        self.other_completions = completed - sends if completed > sends else 0
+        events = completed - sends if completed > sends else 0
+        self.batching = events >= 2
 
         while self.ready_threadsafe:
             self.ready.append(self.ready_threadsafe.popleft())
@@ -556,10 +555,6 @@ cdef class CoreLoop:
         self.running_flag = True
         try:
             events._set_running_loop(self)
-            # The first batch of a run is what is ready after a poll, as in asyncio (the
-            # pattern `call_soon(loop.stop); run_forever()` polls once and runs what the I/O
-            # made ready); every later batch comes from the previous iteration's poll.
-            self.poll()
             while True:
                 self.run_once()
                 if self.stopping_flag:
