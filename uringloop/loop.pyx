@@ -17,8 +17,8 @@ cdef extern from "sys/eventfd.h" nogil:
 
 # The longest single wait; asyncio uses the same bound (24 hours) for selectors.
 cdef double MAXIMUM_WAIT = 24 * 3600.0
-# How long an enter that submitted staged SENDs holds out for one completion beyond theirs
-# (see CoreLoop.poll); the latency a SEND delayed by a full socket can add, at most.
+# How long an enter that submitted staged SENDs on a busy loop holds out for two events beyond
+# their own completions (see CoreLoop.poll): the most latency that batching can add.
 cdef unsigned BATCH_WAIT_US = 50
 # A heap with more cancelled timers than this share of its size gets compacted.
 cdef Py_ssize_t MIN_CANCELLED_TIMERS = 100
@@ -428,13 +428,14 @@ cdef class CoreLoop:
                     (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
                 # Staged SENDs nearly always complete inline, during the submission, and
                 # their CQEs alone would end the wait at once: one more enter per iteration
-                # just to go back to sleep. On a busy loop the next event is near: wait for the
-                # SENDs plus one event, for at most BATCH_WAIT_US; then any completion ends the
-                # wait, so a SEND that a full socket holds back costs at most that much
-                # latency, never a hang. A loop serving one request at a time would mostly see
-                # that timer expire, a second wake-up per round-trip: it batches only while
-                # its polls bring at least two events besides the SENDs' own.
-                self.ring.enter(1 + sends, timeout_ns, BATCH_WAIT_US)
+                # just to go back to sleep. On a busy loop (its last poll brought two events
+                # or more) more events are near: wait for the SENDs plus two events, for at
+                # most BATCH_WAIT_US; after that any completion ends the wait. So batching
+                # costs at most that much latency (one event waiting for a second that does
+                # not come, or a SEND held back by a full socket), never a hang. A loop
+                # serving one request at a time would mostly see that bound expire, a second
+                # wake-up per round-trip, and does not batch.
+                self.ring.enter(2 + sends, timeout_ns, BATCH_WAIT_US)
             else:
                 self.ring.enter(1, timeout_ns)
         elif ul_sq_queued(&self.ring.r) or ul_has_work(&self.ring.r):
