@@ -105,7 +105,7 @@ cdef class CoreLoop:
     cdef int wakeup_fd
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
     cdef list staged               # Operations whose SQE is made right before the next enter
-    cdef bint batching             # busy: an enter that submits SENDs waits for one more CQE
+    cdef bint batching             # busy: an enter that submits SENDs waits for 2 more CQEs
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)

@@ -380,12 +380,21 @@ cdef class CoreLoop:
     cdef int submit_staged(self) except -1:
         cdef list ops = self.staged
         cdef Operation op
+        cdef Py_ssize_t i = 0
         if not ops:
             return 0
         self.staged = []
-        for op in ops:
-            op.staged = False
-            op.flush()
+        try:
+            while i < len(ops):
+                op = <Operation>ops[i]
+                i += 1
+                op.staged = False
+                op.flush()
+        finally:
+            if i < len(ops):
+                # A flush raised: the rest stay staged for the next submission, not forgotten
+                # with their writes still counted as pending output.
+                self.staged[:0] = ops[i:]
         return 0
 
     cdef int poll(self) except -1:

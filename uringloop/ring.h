@@ -116,8 +116,8 @@ unsigned ul_kernel_sq_entries(const ul_ring *ring);
  * -EINTR are reported as such. */
 int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns);
 /* Wait for wait_nr completions for at most min_wait_us, then for any one (until timeout_ns,
- * -1 for none). The batch part needs IORING_FEAT_MIN_TIMEOUT (6.12); without it, min_wait_us
- * is ignored and wait_nr is waited for as usual. */
+ * -1 for none). The bounded batch needs IORING_FEAT_MIN_TIMEOUT (6.12); without it the call
+ * waits for one completion, since an unbounded wait for several could wait forever. */
 int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
                              unsigned min_wait_us);
 #define UL_FEAT_MIN_TIMEOUT (1U << 15)   /* IORING_FEAT_MIN_TIMEOUT, absent from older headers */
