@@ -44,38 +44,39 @@ cdef class SocketLoop(IOLoop):
 
     # -- low-level socket API -----------------------------------------------------------------
 
-    async def _recv_when_ready(self, sock, recv, *args):
-        # Every sock_recv*: try now; otherwise wait for readiness on the ring (a poll, so a
-        # cancelled call never loses data) and try again.
+    async def _when_ready(self, sock, uint32_t events, str method, *args):
+        # Every sock_recv* and sock_sendto: try now; otherwise wait for readiness on the ring
+        # (a poll, so a cancelled call never loses data) and try again. The method is looked
+        # up at each try, as asyncio does (its tests swap it between tries).
         _check_sock(self, sock)
         try:
-            return recv(*args)
+            return getattr(sock, method)(*args)
         except (BlockingIOError, InterruptedError):
             pass
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         while True:
-            await self.wait_fd(fd, POLLIN)
+            await self.wait_fd(fd, events)
             try:
-                return recv(*args)
+                return getattr(sock, method)(*args)
             except (BlockingIOError, InterruptedError):
                 pass
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
-        return await self._recv_when_ready(sock, sock.recv, n)
+        return await self._when_ready(sock, POLLIN, 'recv', n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive data from sock into buf; return the number of bytes written."""
-        return await self._recv_when_ready(sock, sock.recv_into, buf)
+        return await self._when_ready(sock, POLLIN, 'recv_into', buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize from sock; return (data, address)."""
-        return await self._recv_when_ready(sock, sock.recvfrom, bufsize)
+        return await self._when_ready(sock, POLLIN, 'recvfrom', bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; return (nbytes, address)."""
-        return await self._recv_when_ready(sock, sock.recvfrom_into, buf, nbytes or len(buf))
+        return await self._when_ready(sock, POLLIN, 'recvfrom_into', buf, nbytes or len(buf))
 
     async def sock_sendall(self, sock, data):
         """Send all of data to sock; return None once everything was handed to the kernel.
@@ -101,19 +102,7 @@ cdef class SocketLoop(IOLoop):
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to address through sock; return the number of bytes sent."""
-        _check_sock(self, sock)
-        try:
-            return sock.sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        while True:
-            await self.wait_fd(fd, POLLOUT)
-            try:
-                return sock.sendto(data, address)
-            except (BlockingIOError, InterruptedError):
-                pass
+        return await self._when_ready(sock, POLLOUT, 'sendto', data, address)
 
     async def sock_connect(self, sock, address):
         """Connect sock to a remote address (resolved first for IP families)."""

@@ -276,17 +276,23 @@ cdef class SendOp(StreamOp):
         return self.stage()
 
     cdef int flush(self) except -1:
-        cdef Stream s = self.stream
         if self.data is None:
             self.keep = None            # aborted before it reached the kernel
             return 0
-        if s.wbuf and self.offset == 0 and not self.polling:
+        self.take_queued()
+        return self.submit()
+
+    cdef int take_queued(self) except -1:
+        """Fold the writes queued behind a staged SEND that has not reached the kernel yet
+        into its data (the old bytes are ours alone: nothing in flight points at them)."""
+        cdef Stream s = self.stream
+        if s.wbuf and self.offset == 0 and not self.polling and self.generation == 0:
             s.wbuf.insert(0, self.data)
             self.data = b''.join(s.wbuf)
             self.keep = self.data
             s.wbuf.clear()
             s.wbuf_size = 0
-        return self.submit()
+        return 0
 
     cdef int submit(self) except -1:
         cdef io_uring_sqe *sqe = self.prepare()
@@ -793,15 +799,11 @@ cdef class Stream:
         have handed to the socket: abort() must not take it back. Give it to the socket now,
         without blocking, before the rest is dropped."""
         cdef SendOp op = self.send_op
-        cdef bytes data
         if not op.staged or op.offset != 0 or op.polling or op.data is None \
                 or self.kind != KIND_SOCKET or self.sock is None:
             return 0
-        if self.wbuf:
-            data = b''.join([op.data] + self.wbuf)
-        else:
-            data = op.data
-        c_send(self.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+        op.take_queued()
+        c_send(self.fd, PyBytes_AS_STRING(op.data), PyBytes_GET_SIZE(op.data),
                MSG_NOSIGNAL | MSG_DONTWAIT)        # best effort, as asyncio's write() was
         return 0
 
@@ -1003,10 +1005,9 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
         return _stream(self).sock
 
 
-class ReadPipeTransport(_TransportBase, _ReadingMixin, asyncio.ReadTransport):
-    """The read end of a pipe (or FIFO, socket, character device) driven by io_uring."""
-    # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
-    __slots__ = ('_stream', '__weakref__', '__dict__')
+class _PipeMixin:
+    """asyncio's pipe transports expose the pipe as `_pipe`."""
+    __slots__ = ()
 
     @property
     def _pipe(self):
@@ -1018,7 +1019,13 @@ class ReadPipeTransport(_TransportBase, _ReadingMixin, asyncio.ReadTransport):
         _stream(self).sock = value
 
 
-class WritePipeTransport(_TransportBase, _WritingMixin, asyncio.WriteTransport):
+class ReadPipeTransport(_PipeMixin, _TransportBase, _ReadingMixin, asyncio.ReadTransport):
+    """The read end of a pipe (or FIFO, socket, character device) driven by io_uring."""
+    # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
+    __slots__ = ('_stream', '__weakref__', '__dict__')
+
+
+class WritePipeTransport(_PipeMixin, _TransportBase, _WritingMixin, asyncio.WriteTransport):
     """The write end of a pipe (or FIFO, socket, character device) driven by io_uring."""
     # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
     __slots__ = ('_stream', '__weakref__', '__dict__')
@@ -1026,15 +1033,6 @@ class WritePipeTransport(_TransportBase, _WritingMixin, asyncio.WriteTransport):
     def can_write_eof(self):
         """Return True: closing the pipe is its EOF."""
         return True
-
-    @property
-    def _pipe(self):
-        return _stream(self).sock
-
-    @_pipe.setter
-    def _pipe(self, value):
-        # asyncio's tests detach the pipe this way after closing it themselves.
-        _stream(self).sock = value
 
 
 cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra, server):
