@@ -106,6 +106,7 @@ cdef class CoreLoop:
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
     cdef list staged               # Operations whose SQE is made right before the next enter
     cdef bint batching             # busy: an enter that submits SENDs waits for 2 more CQEs
+    cdef uint64_t unowned_buffer_cqes  # CQEs with F_BUFFER that no operation claimed
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
@@ -119,6 +120,7 @@ cdef class CoreLoop:
     cdef int poll(self) except -1
     cdef int run_ready(self) except -1
     cdef int submit_staged(self) except -1
+    cdef int before_submit(self) except -1
     cdef int dispatch_completions(self) except -1
     cdef int drain_operations(self, double deadline) except -1
     cdef int check_usable(self) except -1

@@ -377,10 +377,16 @@ cdef class CoreLoop:
                 self.ring.enter(0, 0)
         return 0
 
+    cdef int before_submit(self) except -1:
+        """What the layers above write to memory the kernel reads, right before an enter
+        (the sockets layer: provided buffers given back)."""
+        return 0
+
     cdef int submit_staged(self) except -1:
         cdef list ops = self.staged
         cdef Operation op
         cdef Py_ssize_t i = 0
+        self.before_submit()
         if not ops:
             return 0
         self.staged = []
@@ -527,7 +533,11 @@ cdef class CoreLoop:
                 c = &self.ring.harvest[i]
                 op = self.slab.lookup(c.user_data)
                 if op is None:
-                    continue            # a stale completion for a slot that moved on
+                    # A stale completion for a slot that moved on. If it carried a provided
+                    # buffer, the buffer ring's head count is off from now on.
+                    if c.flags & IORING_CQE_F_BUFFER:
+                        self.unowned_buffer_cqes += 1
+                    continue
                 final = (c.flags & IORING_CQE_F_MORE) == 0
                 if final:
                     self.slab.release(op)

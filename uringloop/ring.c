@@ -308,6 +308,11 @@ unsigned ul_cq_ready(const ul_ring *ring)
     return load_acquire(ring->cq_ktail) - *ring->cq_khead;
 }
 
+int ul_cq_overflowed(const ul_ring *ring)
+{
+    return (load_acquire(ring->sq_kflags) & IORING_SQ_CQ_OVERFLOW) != 0;
+}
+
 int ul_has_work(const ul_ring *ring)
 {
     return ul_cq_ready(ring) != 0 ||
@@ -394,4 +399,64 @@ void ul_pbuf_ring_advance(ul_pbuf_ring *pbr, int count)
 {
     pbr->tail = (unsigned short)(pbr->tail + count);
     __atomic_store_n(&pbr->br->tail, pbr->tail, __ATOMIC_RELEASE);
+}
+
+static void pbuf_put(ul_pbuf_ring *pbr, unsigned short pos, char *addr, unsigned len,
+                     unsigned short bid)
+{
+    /* Only addr, len and bid: the first entry's last field is the shared tail. */
+    struct io_uring_buf *buf = &pbr->br->bufs[pos & pbr->mask];
+    buf->addr = (uint64_t)(uintptr_t)addr;
+    buf->len = len;
+    buf->bid = bid;
+}
+
+void ul_pbuf_ring_push_back(ul_pbuf_ring *pbr, const unsigned short *bids, unsigned n,
+                            char *base, unsigned size)
+{
+    for (unsigned j = 0; j < n; j++)
+        pbuf_put(pbr, (unsigned short)(pbr->tail + j), base + (size_t)bids[j] * size, size,
+                 bids[j]);
+    ul_pbuf_ring_advance(pbr, (int)n);
+}
+
+void ul_pbuf_ring_push_front(ul_pbuf_ring *pbr, unsigned short head, const unsigned short *bids,
+                             unsigned n, char *base, unsigned size)
+{
+    /* The window [head, tail) keeps its buffers; the first min(n, avail) of them move behind
+     * it (to the old tail, or behind the n new ones when those outnumber it) so that the n
+     * given back take its front, bids[n-1] at head. */
+    unsigned short avail = (unsigned short)(pbr->tail - head);
+    unsigned moved = n < avail ? n : avail;
+    unsigned short dest = (unsigned short)(head + (n > avail ? n : avail));
+    for (unsigned j = 0; j < moved; j++) {
+        const struct io_uring_buf *from = &pbr->br->bufs[(unsigned short)(head + j) & pbr->mask];
+        pbuf_put(pbr, (unsigned short)(dest + j), (char *)(uintptr_t)from->addr, from->len,
+                 from->bid);
+    }
+    for (unsigned j = 0; j < n; j++) {
+        unsigned short bid = bids[n - 1 - j];
+        pbuf_put(pbr, (unsigned short)(head + j), base + (size_t)bid * size, size, bid);
+    }
+    ul_pbuf_ring_advance(pbr, (int)n);
+}
+
+unsigned short ul_pbuf_ring_bid_at(const ul_pbuf_ring *pbr, unsigned short pos)
+{
+    return pbr->br->bufs[pos & pbr->mask].bid;
+}
+
+struct ul_buf_status {
+    uint32_t buf_group;
+    uint32_t head;
+    uint32_t resv[8];
+};
+
+int ul_pbuf_ring_head(ul_ring *ring, ul_pbuf_ring *pbr)
+{
+    struct ul_buf_status st;
+    memset(&st, 0, sizeof(st));
+    st.buf_group = pbr->bgid;
+    int err = sys_register(ring->fd, UL_REGISTER_PBUF_STATUS, &st, 1);
+    return err < 0 ? err : (int)(st.head & 0xffff);
 }

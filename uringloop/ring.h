@@ -54,6 +54,7 @@
 #define UL_REGISTER_ENABLE_RINGS 12
 #define UL_REGISTER_PBUF_RING 22
 #define UL_UNREGISTER_PBUF_RING 23
+#define UL_REGISTER_PBUF_STATUS 26
 #define UL_REGISTER_RESIZE_RINGS 33
 #define UL_OP_WAITID 50
 #define UL_OFF_PBUF_RING 0x80000000ULL
@@ -126,6 +127,8 @@ unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned max);
 unsigned ul_cq_ready(const ul_ring *ring);
 /* True when completions or deferred task work wait for an io_uring_enter(GETEVENTS). */
 int ul_has_work(const ul_ring *ring);
+/* True while completions wait in the kernel because the CQ had no room for them. */
+int ul_cq_overflowed(const ul_ring *ring);
 
 /* Provided-buffer ring (IORING_REGISTER_PBUF_RING with IOU_PBUF_RING_MMAP unused: we own the
  * memory). entries must be a power of two. */
@@ -142,6 +145,17 @@ int ul_pbuf_ring_register(ul_ring *ring, ul_pbuf_ring *pbr, unsigned entries, un
 int ul_pbuf_ring_unregister(ul_ring *ring, ul_pbuf_ring *pbr);
 void ul_pbuf_ring_add(ul_pbuf_ring *pbr, void *addr, unsigned len, unsigned short bid, int offset);
 void ul_pbuf_ring_advance(ul_pbuf_ring *pbr, int count);
+/* Offer the buffers bids[0..n) (each base + bid * size, size bytes long) again: behind those
+ * already offered, or in front of them, bids[n-1] first. push_front rewrites entries the
+ * kernel has not consumed, so `head` must be its exact head and nothing may select from the
+ * ring meanwhile (see bufring.pyx for when that holds). */
+void ul_pbuf_ring_push_back(ul_pbuf_ring *pbr, const unsigned short *bids, unsigned n,
+                            char *base, unsigned size);
+void ul_pbuf_ring_push_front(ul_pbuf_ring *pbr, unsigned short head, const unsigned short *bids,
+                             unsigned n, char *base, unsigned size);
+unsigned short ul_pbuf_ring_bid_at(const ul_pbuf_ring *pbr, unsigned short pos);
+/* The kernel's head of the ring (IORING_REGISTER_PBUF_STATUS, 6.8+), or -errno. */
+int ul_pbuf_ring_head(ul_ring *ring, ul_pbuf_ring *pbr);
 
 /* SQE preparation: every field the op uses is set; the SQE was zeroed by ul_get_sqe. */
 static inline void ul_prep_rw(struct io_uring_sqe *sqe, int op, int fd, const void *addr,

@@ -39,8 +39,20 @@ cdef class SocketLoop(IOLoop):
 
     def _buffer_ring_stats(self):
         """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
-        ENOBUFS seen)."""
+        ENOBUFS seen, publishes that put given-back buffers in front)."""
         return self.bufpool.stats()
+
+    def _buffer_ring_next(self):
+        """Testing aid: the id of the buffer the kernel will fill next (None before any
+        receive has been armed)."""
+        cdef BufGroup g = self.bufpool.current
+        if g is None:
+            return None
+        self.bufpool.publish(self)
+        return ul_pbuf_ring_bid_at(&g.pbr, g.head)
+
+    cdef int before_submit(self) except -1:
+        return self.bufpool.publish(self)
 
     # -- low-level socket API -----------------------------------------------------------------
 

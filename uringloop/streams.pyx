@@ -129,6 +129,7 @@ cdef class RecvOp(StreamOp):
         else:
             sqe.opcode = UL_OP_READ_MULTISHOT
             sqe.off = <uint64_t>-1
+            g.offthread_users += 1  # a pipe or tty read may run on an io-wq worker
         return 0
 
     cdef int arm_into(self) except -1:
@@ -224,22 +225,24 @@ cdef class RecvOp(StreamOp):
         if final:
             self.group = None
             g.users -= 1
+            if self.stream.kind != KIND_SOCKET:
+                g.offthread_users -= 1
             loop.bufpool.receivers.discard(self)
-        if res > 0:
+        if flags & IORING_CQE_F_BUFFER:
             bid = <uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT)
+            g.head += 1             # the kernel consumed the buffer at its head
             try:
-                s.on_chunk(g.buffer(bid), res)
+                if res > 0:
+                    s.on_chunk(g.buffer(bid), res)
             finally:
-                g.give_back(bid)
-        elif res == 0:
-            if flags & IORING_CQE_F_BUFFER:
-                g.give_back(<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT))
+                loop.bufpool.give_back(g, bid)
+        if res == 0:
             if final:
                 s.on_eof()
         elif res == -ENOBUFS:
             # No data was taken: it waits in the socket for the re-armed receive.
             loop.bufpool.on_enobufs(g)
-        elif res != -ECANCELED:
+        elif res < 0 and res != -ECANCELED:
             s.on_read_error(res)
         if final:
             self.cancelling = False

@@ -56,11 +56,18 @@ cdef extern from "ring.h" nogil:
     unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned maxn)
     unsigned ul_cq_ready(const ul_ring *ring)
     int ul_has_work(const ul_ring *ring)
+    int ul_cq_overflowed(const ul_ring *ring)
 
     int ul_pbuf_ring_register(ul_ring *ring, ul_pbuf_ring *pbr, unsigned entries, uint16_t bgid)
     int ul_pbuf_ring_unregister(ul_ring *ring, ul_pbuf_ring *pbr)
     void ul_pbuf_ring_add(ul_pbuf_ring *pbr, void *addr, unsigned length, uint16_t bid, int offset)
     void ul_pbuf_ring_advance(ul_pbuf_ring *pbr, int count)
+    void ul_pbuf_ring_push_back(ul_pbuf_ring *pbr, const uint16_t *bids, unsigned n,
+                                char *base, unsigned size)
+    void ul_pbuf_ring_push_front(ul_pbuf_ring *pbr, uint16_t head, const uint16_t *bids,
+                                 unsigned n, char *base, unsigned size)
+    int ul_pbuf_ring_head(ul_ring *ring, ul_pbuf_ring *pbr)
+    uint16_t ul_pbuf_ring_bid_at(const ul_pbuf_ring *pbr, uint16_t pos)
 
     void ul_prep_rw(io_uring_sqe *sqe, int op, int fd, const void *addr, unsigned length,
                     uint64_t off, uint64_t user_data)
