@@ -121,6 +121,110 @@ def test_sock_recv_cancel_keeps_socket_usable(loop):
     run(loop, main())
 
 
+def test_sock_sendall_beyond_the_socket_buffer(loop):
+    """20 MB through sock_sendall while the peer reads slowly: what the socket does not take
+    at once is sent by the ring as room appears, whole and in order."""
+    data = os.urandom(20 * 1024 * 1024)
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        got = bytearray()
+
+        async def reader():
+            while len(got) < len(data):
+                chunk = await loop.sock_recv(b, 65536)
+                if not chunk:
+                    break
+                got.extend(chunk)
+                if len(got) < 2 * 1024 * 1024:
+                    await asyncio.sleep(0.001)
+        r = loop.create_task(reader())
+        await loop.sock_sendall(a, memoryview(data))
+        await r
+        a.close()
+        b.close()
+        return bytes(got)
+    assert run(loop, main()) == data
+
+
+def test_sock_sendall_cancelled_midway_sends_a_prefix(loop):
+    """Cancelling a sock_sendall the peer is not reading: CancelledError, the socket stays
+    usable, and the peer sees a prefix of the data followed by what is sent next."""
+    data = os.urandom(32 * 1024 * 1024)
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        t = loop.create_task(loop.sock_sendall(a, data))
+        await asyncio.sleep(0.05)
+        assert not t.done()
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await asyncio.sleep(0.01)
+        tail = b'--tail--'
+        got = bytearray()
+        send = loop.create_task(loop.sock_sendall(a, tail))
+        while not got.endswith(tail):
+            got.extend(await loop.sock_recv(b, 1 << 20))
+        await send
+        a.close()
+        b.close()
+        return bytes(got), tail
+    got, tail = run(loop, main())
+    sent = len(got) - len(tail)
+    assert 0 < sent < len(data)
+    assert got[:sent] == data[:sent]
+
+
+def test_sock_sendall_peer_gone_midway_is_oserror(loop):
+    """The peer closes while a sock_sendall waits for room: the call raises the OSError that
+    send() gives (BrokenPipeError or ConnectionResetError), not a hang."""
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        t = loop.create_task(loop.sock_sendall(a, b'x' * (32 * 1024 * 1024)))
+        await asyncio.sleep(0.05)
+        assert not t.done()
+        b.close()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            await asyncio.wait_for(t, 10)
+        a.close()
+    run(loop, main())
+
+
+def test_sock_recv_after_empty_and_full_sockets(loop):
+    """Receives alternate between a socket that is empty when asked (the peer answers later)
+    and one that already holds data: every byte arrives, in order, for recv and recv_into."""
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        expected = bytearray()
+        got = bytearray()
+        buf = bytearray(5)
+        for i in range(40):
+            msg = b'%05d' % i
+            expected += msg
+            if i % 10 < 5:
+                loop.call_later(0.002, b.send, msg)      # not there yet when asked
+            else:
+                b.send(msg)                               # already there
+            if i % 2:
+                got += await loop.sock_recv(a, 5)
+            else:
+                n = await loop.sock_recv_into(a, buf)
+                got += buf[:n]
+        a.close()
+        b.close()
+        return bytes(expected), bytes(got)
+    expected, got = run(loop, main())
+    assert got == expected
+
+
 def test_sock_connect_refused(loop):
     async def main():
         s = socket.socket()
