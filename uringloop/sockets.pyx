@@ -124,12 +124,11 @@ cdef class SocketLoop(IOLoop):
         return self.bufpool.stats()
 
     def _buffer_ring_next(self):
-        """Testing aid: the id of the buffer the kernel will fill next (None before any
-        receive has been armed)."""
+        """Testing aid: the id of the buffer the kernel will fill next, as of the last enter
+        (None before any receive has been armed)."""
         cdef BufGroup g = self.bufpool.current
         if g is None:
             return None
-        self.bufpool.publish(self)
         return ul_pbuf_ring_bid_at(&g.pbr, g.head)
 
     cdef int before_submit(self) except -1:
@@ -202,6 +201,11 @@ cdef class SocketLoop(IOLoop):
         if op.pos >= op.view.len:
             op.release()
             return
+        try:
+            self._ensure_fd_no_transport(fd)
+        except BaseException:
+            op.release()
+            raise
         op.loop = self
         op.fd = fd
         op.keep = data
