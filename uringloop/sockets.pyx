@@ -186,8 +186,8 @@ cdef class SocketLoop(IOLoop):
         """Send all of data to sock; return None once everything was handed to the kernel.
         On error an exception is raised and there is no way to know how much was sent."""
         cdef SockSend op
-        _check_sock(self, sock)
         cdef Py_ssize_t sent = 0
+        _check_sock(self, sock)
         fd = sock.fileno()
         if fd < 0 or not self.batching:
             try:
