@@ -76,6 +76,10 @@ def _set_write_path(path):
         raise ValueError(path)
 
 
+# What Stream.call_protocol returns when the protocol raised (None is a valid result).
+cdef object PROTOCOL_FAILED = object()
+
+
 def _call_soon_later(loop, callback, args):
     loop.call_soon(callback, *args)
 
@@ -197,12 +201,7 @@ cdef class RecvOp(StreamOp):
             else:
                 # Released first: buffer_updated() may resize the buffer it handed out.
                 self.release_view()
-                try:
-                    s.protocol.buffer_updated(res)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    s.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                s.call_protocol('buffer_updated', (res,))
         else:
             self.release_view()
             if res == 0:
@@ -459,13 +458,7 @@ cdef class Stream:
             return 0
         if self.buffered:
             return self.feed_buffered(p, n)
-        data = PyBytes_FromStringAndSize(p, n)
-        try:
-            self.protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
+        self.call_protocol('data_received', (PyBytes_FromStringAndSize(p, n),))
         return 0
 
     cdef int feed_buffered(self, char *p, Py_ssize_t n) except -1:
@@ -488,12 +481,7 @@ cdef class Stream:
             except BaseException as exc:
                 self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
                 return 0
-            try:
-                self.protocol.buffer_updated(k)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+            if self.call_protocol('buffer_updated', (k,)) is PROTOCOL_FAILED:
                 return 0
             p += k
             n -= k
@@ -510,14 +498,8 @@ cdef class Stream:
             data = self.held.pop(0)
             if self.buffered:
                 self.feed_buffered(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-            else:
-                try:
-                    self.protocol.data_received(data)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self.fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
-                    return
+            elif self.call_protocol('data_received', (data,)) is PROTOCOL_FAILED:
+                return
         if not self.held and self.held_eof and not self.paused and not self.closing:
             self.held_eof = False
             self.on_eof()
@@ -537,12 +519,8 @@ cdef class Stream:
             self.soon(self.protocol.eof_received, ())
             self.soon(self.call_connection_lost, (None,))
             return 0
-        try:
-            keep_open = self.protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.fatal_error(exc, 'Fatal error: protocol.eof_received() call failed.')
+        keep_open = self.call_protocol('eof_received', ())
+        if keep_open is PROTOCOL_FAILED:
             return 0
         if not keep_open:
             self.close()
@@ -726,6 +704,18 @@ cdef class Stream:
             self.protocol_paused = False
             self.tell_protocol('resume_writing')
         return 0
+
+    cdef object call_protocol(self, str method, tuple args):
+        """protocol.<method>(*args), as asyncio's transports call the protocol's data and EOF
+        callbacks: an exception (other than SystemExit and KeyboardInterrupt) is a fatal error
+        of the transport, and PROTOCOL_FAILED comes back instead of a result."""
+        try:
+            return getattr(self.protocol, method)(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, f'Fatal error: protocol.{method}() call failed.')
+            return PROTOCOL_FAILED
 
     cdef int tell_protocol(self, str method) except -1:
         # Flow-control callbacks: a protocol that fails here is reported, as asyncio does,
