@@ -9,10 +9,13 @@ from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe
 
 cdef class Ring:
     cdef ul_ring r
-    cdef ul_cqe *harvest          # completions copied out of the CQ before they are handled
-    cdef unsigned harvest_len
+    cdef ul_cqe *harvest          # completions copied out of the CQ, not yet dispatched
+    cdef size_t harvest_cap
+    cdef size_t harvest_head      # next to dispatch
+    cdef size_t harvest_tail
     cdef bint opened
     cdef bint enabled
+    cdef bint broken              # resized by the kernel but not re-mapped: unusable
     cdef unsigned long owner_thread
     cdef uint64_t resizes_up
     cdef uint64_t resizes_down
@@ -20,8 +23,8 @@ cdef class Ring:
     cdef uint64_t completed
 
     cdef int open(self, unsigned entries) except -1
-    cdef int fit_harvest(self) except -1
     cdef int check_thread(self) except -1
+    cdef int check_mapped(self) except -1
     cdef int enable(self) except -1
     cdef int resize(self, unsigned sq_entries) except -1
     cdef unsigned kernel_sq_entries(self)
@@ -29,6 +32,7 @@ cdef class Ring:
     cdef int enter(self, unsigned wait_nr, long long timeout_ns,
                    unsigned min_wait_us=*) except -1
     cdef unsigned reap(self) except? 0
+    cdef inline bint backlog_empty(self)
     cdef void close(self)
 
 

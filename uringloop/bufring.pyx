@@ -173,8 +173,8 @@ cdef class BufPool:
         cdef bint front
         if not self.dirty:
             return 0
-        front = (ul_cq_ready(&self.ring.r) == 0 and not ul_cq_overflowed(&self.ring.r)
-                 and loop.unowned_buffer_cqes == 0)
+        front = (ul_cq_ready(&self.ring.r) == 0 and self.ring.backlog_empty()
+                 and not ul_cq_overflowed(&self.ring.r) and loop.unowned_buffer_cqes == 0)
         try:
             for g in self.dirty:
                 g.publish(front, loop.debug_flag)

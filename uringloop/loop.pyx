@@ -124,6 +124,7 @@ cdef class CoreLoop:
     cdef int check_usable(self) except -1:
         if self.closed_flag:
             raise RuntimeError('Event loop is closed')
+        self.ring.check_mapped()
         if self.forked:
             raise RuntimeError(
                 'this uringloop loop was created in the parent process before fork(); its '
@@ -341,10 +342,11 @@ cdef class CoreLoop:
         self.iteration_observer = observer
 
     cdef int fit_ring(self) except -1:
-        cdef unsigned need = next_power_of_two(self.slab.live + 1)
+        cdef unsigned want = next_power_of_two(self.slab.live + 1)
+        cdef unsigned need = want if want < UL_SQ_MAX else UL_SQ_MAX
         if self.ring.r.sq_entries != need:
             self.ring.resize(need)
-            self.slab.fit(need)
+            self.slab.fit(want)
         if self.debug_flag:
             cap = self.ring.kernel_sq_entries()
             if cap != need or self.ring.r.cq_entries != 2 * need:
@@ -521,37 +523,38 @@ cdef class CoreLoop:
         return 0
 
     cdef int dispatch_completions(self) except -1:
-        cdef unsigned n, i
-        cdef ul_cqe *c
+        """Hand every completion to its operation, in the kernel's order. Each CQE is taken
+        off the backlog before its handler runs: a handler that raises SystemExit or
+        KeyboardInterrupt has had its completion, and the rest of the batch waits in the
+        backlog for the next dispatch, none lost and none delivered twice."""
+        cdef Ring ring = self.ring
+        cdef ul_cqe c
         cdef Operation op
         cdef bint final
         while True:
-            n = self.ring.reap()
-            if n == 0:
+            if ring.harvest_head == ring.harvest_tail and ring.reap() == 0:
                 return 0
-            for i in range(n):
-                c = &self.ring.harvest[i]
-                op = self.slab.lookup(c.user_data)
-                if op is None:
-                    # A stale completion for a slot that moved on. If it carried a provided
-                    # buffer, the buffer ring's head count is off from now on.
-                    if c.flags & IORING_CQE_F_BUFFER:
-                        self.unowned_buffer_cqes += 1
-                    continue
-                final = (c.flags & IORING_CQE_F_MORE) == 0
-                if final:
-                    self.slab.release(op)
-                try:
-                    op.complete(c.res, c.flags, final)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self.call_exception_handler({
-                        'message': 'Exception in completion of %r' % (op,),
-                        'exception': exc,
-                    })
-            if n < self.ring.harvest_len:
-                return 0
+            c = ring.harvest[ring.harvest_head]
+            ring.harvest_head += 1
+            op = self.slab.lookup(c.user_data)
+            if op is None:
+                # A stale completion for a slot that moved on. If it carried a provided
+                # buffer, the buffer ring's head count is off from now on.
+                if c.flags & IORING_CQE_F_BUFFER:
+                    self.unowned_buffer_cqes += 1
+                continue
+            final = (c.flags & IORING_CQE_F_MORE) == 0
+            if final:
+                self.slab.release(op)
+            try:
+                op.complete(c.res, c.flags, final)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.call_exception_handler({
+                    'message': 'Exception in completion of %r' % (op,),
+                    'exception': exc,
+                })
 
     def _check_running(self):
         if self.running_flag:
@@ -612,7 +615,7 @@ cdef class CoreLoop:
         if self.debug_flag:
             logger.debug("Close %r", self)
         self.closing_flag = True
-        if self.ring.enabled and not self.forked and \
+        if self.ring.enabled and not self.forked and not self.ring.broken and \
                 threading.get_ident() == self.ring.owner_thread:
             self.drain_operations(monotonic() + DRAIN_TIMEOUT)
         if self.slab.live and self.ring.enabled:

@@ -60,11 +60,13 @@ cdef class Operation:
     cdef int cancel(self) except -1:
         if self.generation == 0 or self.cancelling:
             return 0
-        self.cancelling = True
         cdef CancelOp req = CancelOp.__new__(CancelOp)
         req.loop = self.loop
         req.target = self
+        # Marked only once the request exists: if preparing it fails, a later cancel (or
+        # close()'s drain) asks again instead of waiting for an answer that never comes.
         cdef io_uring_sqe *sqe = req.prepare()
+        self.cancelling = True
         sqe.opcode = IORING_OP_ASYNC_CANCEL
         sqe.fd = -1
         sqe.addr = self.user_data()

@@ -86,6 +86,13 @@ static void unmap_rings(ul_ring *ring)
     }
 }
 
+static unsigned failing_maps;
+
+void ul_ring_fail_next_maps(unsigned n)
+{
+    failing_maps = n;
+}
+
 /* Map both regions for the geometry in p and point every field at them. sq_array_off is
  * passed in because a resize on Linux 6.18 does not report sq_off.array. */
 static int map_rings(ul_ring *ring, const struct io_uring_params *p)
@@ -93,6 +100,10 @@ static int map_rings(ul_ring *ring, const struct io_uring_params *p)
     size_t sq_array_off;
     size_t size = rings_size(ring->setup_flags, &p->cq_off, p->sq_entries, p->cq_entries,
                              &sq_array_off);
+    if (failing_maps) {
+        failing_maps--;
+        return -ENOMEM;
+    }
     void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring->fd,
                      IORING_OFF_SQ_RING);
     if (map == MAP_FAILED)
@@ -204,7 +215,7 @@ int ul_ring_resize(ul_ring *ring, unsigned sq_entries)
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
     p.sq_entries = sq_entries;
-    p.cq_entries = sq_entries * 2;
+    p.cq_entries = sq_entries * 2 < UL_CQ_MAX ? sq_entries * 2 : UL_CQ_MAX;
     p.flags = IORING_SETUP_CQSIZE;
     int err = sys_register(ring->fd, UL_REGISTER_RESIZE_RINGS, &p, 1);
     if (err < 0)

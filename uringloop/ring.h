@@ -58,6 +58,10 @@
 #define UL_REGISTER_RESIZE_RINGS 33
 #define UL_OP_WAITID 50
 #define UL_OFF_PBUF_RING 0x80000000ULL
+/* The kernel's largest rings (IORING_MAX_ENTRIES, IORING_MAX_CQ_ENTRIES): setup and resize
+ * refuse anything bigger, so past UL_SQ_MAX pending operations the SQ stops following them. */
+#define UL_SQ_MAX 32768u
+#define UL_CQ_MAX 65536u
 
 /* One completion copied out of the CQ, so the CQ can be resized while it is being handled. */
 typedef struct ul_cqe {
@@ -103,7 +107,11 @@ int ul_ring_init(ul_ring *ring, unsigned entries);
  * to exercise the resize path that must rebuild that array. */
 int ul_ring_init_sqarray(ul_ring *ring, unsigned entries, int use_sq_array);
 void ul_ring_exit(ul_ring *ring);
+/* On failure the ring keeps its old size, except when the kernel resized it and mapping the
+ * new rings failed: then ring_map is NULL and the ring can only be closed. */
 int ul_ring_resize(ul_ring *ring, unsigned sq_entries);
+/* Testing aid: make the next n mappings of a resized ring fail with ENOMEM. */
+void ul_ring_fail_next_maps(unsigned n);
 int ul_ring_probe_resize(ul_ring *ring);
 int ul_ring_enable(ul_ring *ring);
 

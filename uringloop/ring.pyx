@@ -3,7 +3,7 @@
 
 from libc.errno cimport EINTR, EBUSY, EAGAIN
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport strerror
+from libc.string cimport strerror, memmove
 
 
 cdef extern from "Python.h":
@@ -18,10 +18,17 @@ cdef inline unsigned next_power_of_two(unsigned n):
 
 
 cdef class Ring:
+    """The loop's io_uring. Completions are copied out of the CQ into `harvest`, a backlog the
+    loop dispatches from in order: a CQE leaves the kernel's queue only to enter ours, so a
+    resize never finds the CQ fuller than its new size, and a dispatch cut short by an
+    exception leaves the rest of the batch where the next one starts."""
+
     def __cinit__(self):
         self.r.fd = -1
         self.harvest = NULL
-        self.harvest_len = 0
+        self.harvest_cap = 0
+        self.harvest_head = 0
+        self.harvest_tail = 0
 
     def __dealloc__(self):
         self.close()
@@ -37,18 +44,6 @@ cdef class Ring:
             ul_ring_exit(&self.r)
             raise unavailable_error(-err, "IORING_REGISTER_RESIZE_RINGS")
         self.opened = True
-        self.fit_harvest()
-        return 0
-
-    cdef int fit_harvest(self) except -1:
-        # The CQ can never hold more than cq_entries completions at once.
-        cdef ul_cqe *buf
-        if self.harvest_len != self.r.cq_entries:
-            buf = <ul_cqe *>realloc(self.harvest, self.r.cq_entries * sizeof(ul_cqe))
-            if buf == NULL:
-                raise MemoryError()
-            self.harvest = buf
-            self.harvest_len = self.r.cq_entries
         return 0
 
     cdef int check_thread(self) except -1:
@@ -56,6 +51,13 @@ cdef class Ring:
             raise RuntimeError(
                 "this uringloop loop already ran in another thread; its io_uring is bound "
                 "to that thread (IORING_SETUP_SINGLE_ISSUER): create one loop per thread")
+        return 0
+
+    cdef int check_mapped(self) except -1:
+        if self.broken:
+            raise RuntimeError(
+                "this uringloop loop lost its io_uring: the kernel resized the ring but "
+                "mapping the resized ring failed (out of memory); close the loop")
         return 0
 
     cdef int enable(self) except -1:
@@ -72,36 +74,60 @@ cdef class Ring:
 
     cdef int resize(self, unsigned sq_entries) except -1:
         cdef unsigned before = self.r.sq_entries
-        cdef int err = ul_ring_resize(&self.r, sq_entries)
+        cdef int err
+        self.check_mapped()
+        # The kernel refuses (EOVERFLOW) a CQ that holds more than the new size, and SQEs
+        # not yet submitted beyond the new SQ size: hand both over first.
+        if ul_sq_queued(&self.r) > sq_entries:
+            self.enter(0, 0)
+        self.reap()
+        err = ul_ring_resize(&self.r, sq_entries)
         if err < 0:
+            if self.r.ring_map == NULL:
+                self.broken = True
+                self.check_mapped()
             raise OSError(-err, "IORING_REGISTER_RESIZE_RINGS to %d entries: %s"
                           % (sq_entries, strerror(-err).decode()))
         if sq_entries > before:
             self.resizes_up += 1
         elif sq_entries < before:
             self.resizes_down += 1
-        self.fit_harvest()
         return 0
 
     cdef unsigned kernel_sq_entries(self):
         # Read back from the shared ring header, which the kernel writes: what it really has.
+        if self.broken:
+            return 0
         return ul_kernel_sq_entries(&self.r)
 
     cdef io_uring_sqe *get_sqe(self) except NULL:
         cdef io_uring_sqe *sqe = ul_get_sqe(&self.r)
-        if sqe == NULL:
-            # The iteration queued more than the ring holds: grow now, like a stack on
-            # overflow; the next iteration entry sets the size the pending count asks for.
-            self.resize(self.r.sq_entries * 2)
+        cdef int tries = 0
+        while sqe == NULL:
+            self.check_mapped()
+            if self.r.sq_entries < UL_SQ_MAX:
+                # The iteration queued more than the ring holds: grow now, like a stack on
+                # overflow; the next iteration entry sets the size the pending count asks for.
+                self.resize(min(self.r.sq_entries * 2, UL_SQ_MAX))
+            else:
+                # The kernel's largest SQ is full: hand what is queued to the kernel so the
+                # slots come free (their completions wait in the CQ, or in the kernel's
+                # overflow list, for the next reap).
+                self.enter(0, 0)
+                if ul_sq_queued(&self.r) >= self.r.sq_entries:
+                    self.reap()      # room in the CQ lets the kernel flush its overflow
+                    tries += 1
+                    if tries > 1000:
+                        raise OSError(errno_module.EBUSY,
+                                      "io_uring SQ stays full: the kernel takes no more SQEs")
             sqe = ul_get_sqe(&self.r)
-            if sqe == NULL:
-                raise RuntimeError("io_uring SQ full after growing")
         return sqe
 
     cdef int enter(self, unsigned wait_nr, long long timeout_ns,
                    unsigned min_wait_us=0) except -1:
         cdef unsigned before = ul_sq_queued(&self.r)
         cdef int ret
+        self.check_mapped()
         with nogil:
             ret = ul_submit_and_wait_batch(&self.r, wait_nr, timeout_ns, min_wait_us)
         self.submitted += before - ul_sq_queued(&self.r)
@@ -114,9 +140,39 @@ cdef class Ring:
         raise OSError(-ret, "io_uring_enter: " + strerror(-ret).decode())
 
     cdef unsigned reap(self) except? 0:
-        cdef unsigned n = ul_reap(&self.r, self.harvest, self.harvest_len)
+        """Move every completion the CQ holds to the end of the backlog; return how many."""
+        cdef unsigned ready, n
+        cdef ul_cqe *buf
+        cdef size_t cap
+        if self.broken:
+            return 0
+        ready = ul_cq_ready(&self.r)
+        if ready == 0:
+            return 0
+        if self.harvest_head == self.harvest_tail:
+            self.harvest_head = self.harvest_tail = 0
+        if self.harvest_tail + ready > self.harvest_cap:
+            if self.harvest_head:
+                memmove(self.harvest, self.harvest + self.harvest_head,
+                        (self.harvest_tail - self.harvest_head) * sizeof(ul_cqe))
+                self.harvest_tail -= self.harvest_head
+                self.harvest_head = 0
+            cap = self.harvest_cap if self.harvest_cap > 64 else 64
+            while cap < self.harvest_tail + ready:
+                cap *= 2
+            if cap != self.harvest_cap:
+                buf = <ul_cqe *>realloc(self.harvest, cap * sizeof(ul_cqe))
+                if buf == NULL:
+                    raise MemoryError()
+                self.harvest = buf
+                self.harvest_cap = cap
+        n = ul_reap(&self.r, self.harvest + self.harvest_tail, ready)
+        self.harvest_tail += n
         self.completed += n
         return n
+
+    cdef inline bint backlog_empty(self):
+        return self.harvest_head == self.harvest_tail
 
     cdef void close(self):
         if self.r.fd >= 0:
@@ -125,4 +181,9 @@ cdef class Ring:
         if self.harvest != NULL:
             free(self.harvest)
             self.harvest = NULL
-            self.harvest_len = 0
+        self.harvest_cap = self.harvest_head = self.harvest_tail = 0
+
+
+def _fail_next_ring_maps(unsigned n):
+    """Testing aid: the next n mappings of a resized ring fail as if memory ran out."""
+    ul_ring_fail_next_maps(n)

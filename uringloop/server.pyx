@@ -62,37 +62,41 @@ cdef class AcceptOp(Operation):
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef SocketLoop loop = <SocketLoop>self.loop
-        if res >= 0:
-            if self.stopped or loop.closed_flag:
-                os.close(res)
-            else:
-                self.accepted(res)
-        elif res == -ECANCELED or self.stopped:
-            pass
-        elif res == -EMFILE or res == -ENFILE or res == -ENOBUFS or res == -ENOMEM:
-            exc = OSError(-res, os.strerror(-res))
-            loop.call_exception_handler({
-                'message': 'socket.accept() out of system resource',
-                'exception': exc,
-                'socket': _trsock.TransportSocket(self.sock),
-            })
-            self.backing_off = True
-            if not final:
-                self.cancel()
-        elif res == -EBADF or res == -EINVAL or res == -ENOTSOCK:
-            # The listening socket is gone or no longer listening: nothing left to accept.
-            self.stopped = True
-        # Other errors (ECONNABORTED, EPERM from a firewall, EPROTO...) concern one
-        # connection only: asyncio ignores them and keeps accepting.
-        # A cancel that is not our own back-off came from loop.close() (or stop()): done.
-        if final and not self.stopped and not loop.closing_flag and \
-                (res != -ECANCELED or self.backing_off):
-            if self.backing_off:
-                if self.retry_handle is None:
-                    self.retry_handle = loop.call_later(_constants.ACCEPT_RETRY_DELAY,
-                                                        self._retry)
-            else:
-                self.arm()
+        try:
+            if res >= 0:
+                if self.stopped or loop.closed_flag:
+                    os.close(res)
+                else:
+                    self.accepted(res)
+            elif res == -ECANCELED or self.stopped:
+                pass
+            elif res == -EMFILE or res == -ENFILE or res == -ENOBUFS or res == -ENOMEM:
+                exc = OSError(-res, os.strerror(-res))
+                loop.call_exception_handler({
+                    'message': 'socket.accept() out of system resource',
+                    'exception': exc,
+                    'socket': _trsock.TransportSocket(self.sock),
+                })
+                self.backing_off = True
+                if not final:
+                    self.cancel()
+            elif res == -EBADF or res == -EINVAL or res == -ENOTSOCK:
+                # The listening socket is gone or no longer listening: nothing left to accept.
+                self.stopped = True
+            # Other errors (ECONNABORTED, EPERM from a firewall, EPROTO...) concern one
+            # connection only: asyncio ignores them and keeps accepting.
+        finally:
+            # Also when the protocol factory raised SystemExit or KeyboardInterrupt: the
+            # server keeps accepting once the loop runs again. A cancel that is not our own
+            # back-off came from loop.close() (or stop()): done.
+            if final and not self.stopped and not loop.closing_flag and \
+                    (res != -ECANCELED or self.backing_off):
+                if self.backing_off:
+                    if self.retry_handle is None:
+                        self.retry_handle = loop.call_later(_constants.ACCEPT_RETRY_DELAY,
+                                                            self._retry)
+                else:
+                    self.arm()
         return 0
 
     cdef int accepted(self, int fd) except -1:

@@ -42,6 +42,8 @@ cdef extern from "errno.h":
         EINTR_ "EINTR"
 
 cdef int UL_OP_READ_MULTISHOT = 49
+# The most bytes one read or write syscall (or SQE) moves: INT_MAX rounded down to a page.
+cdef Py_ssize_t MAX_RW_COUNT = 0x7ffff000
 
 cdef enum StreamKind:
     KIND_SOCKET = 0
@@ -184,36 +186,34 @@ cdef class RecvOp(StreamOp):
 
     cdef int handle_into(self, int32_t res) except -1:
         cdef Stream s = self.stream
-        cdef SocketLoop loop = <SocketLoop>self.loop
         cdef bytes data
-        if res > 0:
-            if s.closing or s.eof_seen:
-                self.release_view()
-            elif s.paused or s.held or not s.buffered:
-                # Paused meanwhile (or the protocol changed): the bytes are in the old
-                # buffer; keep a copy for whoever reads next.
-                data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
-                self.release_view()
-                if s.paused or s.held:
-                    s.held.append(data)
+        try:
+            if res > 0:
+                if s.closing or s.eof_seen:
+                    self.release_view()
+                elif s.paused or s.held or not s.buffered:
+                    # Paused meanwhile (or the protocol changed): the bytes are in the old
+                    # buffer; keep a copy for whoever reads next.
+                    data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
+                    self.release_view()
+                    if s.paused or s.held:
+                        s.held.append(data)
+                    else:
+                        s.on_chunk(PyBytes_AS_STRING(data), res)
                 else:
-                    s.on_chunk(PyBytes_AS_STRING(data), res)
+                    # Released first: buffer_updated() may resize the buffer it handed out.
+                    self.release_view()
+                    s.call_protocol('buffer_updated', (res,))
             else:
-                # Released first: buffer_updated() may resize the buffer it handed out.
                 self.release_view()
-                s.call_protocol('buffer_updated', (res,))
-        else:
-            self.release_view()
-            if res == 0:
-                s.on_eof()
-            elif res != -ECANCELED:
-                s.on_read_error(res)
-        self.cancelling = False
-        rearm = self.rearm
-        self.rearm = False
-        if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                and not loop.closing_flag and self.generation == 0:
-            self.arm()
+                if res == 0:
+                    s.on_eof()
+                elif res != -ECANCELED:
+                    s.on_read_error(res)
+        finally:
+            # Also when the protocol raised SystemExit or KeyboardInterrupt: the connection
+            # keeps receiving once the loop runs again.
+            self.finish(res)
         return 0
 
     cdef int handle_multishot(self, int32_t res, uint32_t flags, bint final) except -1:
@@ -227,34 +227,42 @@ cdef class RecvOp(StreamOp):
             if self.stream.kind != KIND_SOCKET:
                 g.offthread_users -= 1
             loop.bufpool.receivers.discard(self)
-        if flags & IORING_CQE_F_BUFFER:
-            bid = <uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT)
-            g.head += 1             # the kernel consumed the buffer at its head
-            try:
-                if res > 0:
-                    s.on_chunk(g.buffer(bid), res)
-            finally:
-                loop.bufpool.give_back(g, bid)
-        if res == 0:
+        try:
+            if flags & IORING_CQE_F_BUFFER:
+                bid = <uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT)
+                g.head += 1             # the kernel consumed the buffer at its head
+                try:
+                    if res > 0:
+                        s.on_chunk(g.buffer(bid), res)
+                finally:
+                    loop.bufpool.give_back(g, bid)
+            if res == 0:
+                if final:
+                    s.on_eof()
+            elif res == -ENOBUFS:
+                # No data was taken: it waits in the socket for the re-armed receive.
+                loop.bufpool.on_enobufs(g)
+            elif res < 0 and res != -ECANCELED:
+                s.on_read_error(res)
+        finally:
             if final:
-                s.on_eof()
-        elif res == -ENOBUFS:
-            # No data was taken: it waits in the socket for the re-armed receive.
-            loop.bufpool.on_enobufs(g)
-        elif res < 0 and res != -ECANCELED:
-            s.on_read_error(res)
-        if final:
-            self.cancelling = False
-            rearm = self.rearm
-            self.rearm = False
-            # After ECANCELED, re-arm only when asked to (the buffer pool moved the receive to
-            # a new group, or reading resumed before the pause's cancel landed): any other
-            # cancel comes from close() or from loop.close() draining the ring.
-            if res != 0 and (res != -ECANCELED or rearm) and s.wants_read() \
-                    and not loop.closing_flag and self.generation == 0:
-                self.arm()
-            elif self.generation == 0:
-                loop.bufpool.on_receiver_gone()
+                self.finish(res)
+        return 0
+
+    cdef int finish(self, int32_t res) except -1:
+        """The receive's final CQE has been handled: arm the next one if reading is wanted.
+        After ECANCELED, re-arm only when asked to (the buffer pool moved the receive to a new
+        group, or reading resumed before the pause's cancel landed): any other cancel comes
+        from close() or from loop.close() draining the ring."""
+        cdef SocketLoop loop = <SocketLoop>self.loop
+        self.cancelling = False
+        rearm = self.rearm
+        self.rearm = False
+        if res != 0 and (res != -ECANCELED or rearm) and self.stream.wants_read() \
+                and not loop.closing_flag and self.generation == 0:
+            self.arm()
+        elif self.generation == 0 and not self.into:
+            loop.bufpool.on_receiver_gone()
         return 0
 
     def __dealloc__(self):
@@ -270,10 +278,11 @@ cdef class SendOp(StreamOp):
     cdef Py_ssize_t offset
     cdef bint polling            # waiting for POLLOUT after the kernel said EAGAIN
 
-    cdef int start(self, bytes data) except -1:
+    cdef int start(self, bytes data, Py_ssize_t offset=0) except -1:
+        """Send data[offset:] (the head already went out with a direct send())."""
         self.data = data
         self.keep = data
-        self.offset = 0
+        self.offset = offset
         self.polling = False
         return self.stage()
 
@@ -305,7 +314,9 @@ cdef class SendOp(StreamOp):
             sqe.poll32_events = POLLOUT
             return 0
         sqe.addr = <uint64_t><size_t>(PyBytes_AS_STRING(self.keep) + self.offset)
-        sqe.len = <uint32_t>(PyBytes_GET_SIZE(self.keep) - self.offset)
+        # One SEND or WRITE carries at most MAX_RW_COUNT bytes (the kernel refuses a longer
+        # one): a larger write leaves in several, each staged again from the last one's CQE.
+        sqe.len = <uint32_t>min(PyBytes_GET_SIZE(self.keep) - self.offset, MAX_RW_COUNT)
         if self.stream.kind == KIND_SOCKET:
             sqe.opcode = IORING_OP_SEND
             # WAITALL: the kernel retries a short send itself instead of completing early.
@@ -569,7 +580,7 @@ cdef class Stream:
 
     def write(self, data):
         cdef bytes b
-        cdef Py_ssize_t n, sent
+        cdef Py_ssize_t n, sent = 0
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
@@ -619,9 +630,7 @@ cdef class Stream:
                     sent = 0
                 if sent == n:
                     return
-                if sent > 0:
-                    b = b[sent:]
-            self.send_op.start(b)
+            self.send_op.start(b, sent)
         self.maybe_pause_protocol()
 
     def writelines(self, list_of_data):

@@ -35,6 +35,7 @@ cdef extern from "ring.h" nogil:
         unsigned sq_entries
         unsigned cq_entries
         uint64_t enters
+        void *ring_map
 
     ctypedef struct ul_pbuf_ring:
         unsigned entries
@@ -42,9 +43,14 @@ cdef extern from "ring.h" nogil:
         uint16_t bgid
         uint16_t tail
 
+    enum:
+        UL_SQ_MAX
+        UL_CQ_MAX
+
     int ul_ring_init(ul_ring *ring, unsigned entries)
     void ul_ring_exit(ul_ring *ring)
     int ul_ring_resize(ul_ring *ring, unsigned sq_entries)
+    void ul_ring_fail_next_maps(unsigned n)
     int ul_ring_probe_resize(ul_ring *ring)
     int ul_ring_enable(ul_ring *ring)
     io_uring_sqe *ul_get_sqe(ul_ring *ring)
