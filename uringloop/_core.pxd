@@ -16,6 +16,7 @@ cdef class Ring:
     cdef bint opened
     cdef bint enabled
     cdef bint broken              # resized by the kernel but not re-mapped: unusable
+    cdef unsigned failing_sqes    # testing aid: get_sqe() fails this many more times
     cdef unsigned long owner_thread
     cdef uint64_t resizes_up
     cdef uint64_t resizes_down

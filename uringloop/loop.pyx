@@ -336,6 +336,10 @@ cdef class CoreLoop:
                          self.ring.resizes_down, self.ring.submitted, self.ring.completed,
                          self.ring.r.enters, self.iterations)
 
+    def _fail_next_sqes(self, unsigned n):
+        """Testing aid: the next n requests for an SQE fail with ENOMEM."""
+        self.ring.failing_sqes = n
+
     def _set_iteration_observer(self, observer):
         """Testing aid: observer(ring_stats()) is called at every iteration entry, right after
         the ring has been sized, before anything is submitted. None removes it."""

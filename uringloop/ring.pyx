@@ -101,8 +101,12 @@ cdef class Ring:
         return ul_kernel_sq_entries(&self.r)
 
     cdef io_uring_sqe *get_sqe(self) except NULL:
-        cdef io_uring_sqe *sqe = ul_get_sqe(&self.r)
+        cdef io_uring_sqe *sqe
         cdef int tries = 0
+        if self.failing_sqes:
+            self.failing_sqes -= 1
+            raise OSError(errno_module.ENOMEM, "io_uring SQE: injected failure (testing aid)")
+        sqe = ul_get_sqe(&self.r)
         while sqe == NULL:
             self.check_mapped()
             if self.r.sq_entries < UL_SQ_MAX:

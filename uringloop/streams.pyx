@@ -498,7 +498,8 @@ cdef class Stream:
             n -= k
             if self.closing or self.paused:
                 if n > 0 and self.paused and not self.closing:
-                    self.held.append(PyBytes_FromStringAndSize(p, n))
+                    # In front: when this chunk came from `held`, newer chunks wait there.
+                    self.held.insert(0, PyBytes_FromStringAndSize(p, n))
                 return 0
         return 0
 
