@@ -279,3 +279,61 @@ def test_a_write_larger_than_two_gibibytes_arrives_whole(loop):
         await asyncio.sleep(0.01)
 
     loop.run_until_complete(scenario())
+
+
+BURST_CLIENT = textwrap.dedent('''
+    import socket, sys
+    port, n = int(sys.argv[1]), int(sys.argv[2])
+    socks = [socket.create_connection(('127.0.0.1', port), timeout=60) for _ in range(n)]
+    for s in socks:
+        s.sendall(b'y')
+    echoed = sum(s.recv(1) == b'y' for s in socks)
+    for s in socks:
+        s.close()
+    print(echoed, flush=True)
+''')
+
+
+def test_a_burst_of_connections_with_the_loop_stopped_at_every_iteration(loop):
+    """Thousands of connections arrive, echo and close while the loop is stopped and run
+    again at every iteration, so accept and receive completions are often left in the CQ
+    across stop() and the ring shrinks past them: every connection is served, none lost."""
+    nconns = min(10000, fd_budget() - 64)
+    entries = []
+    if is_uring(loop):
+        loop._set_iteration_observer(entries.append)
+    lost = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = loop.run_until_complete(
+        loop.create_server(Echo, '127.0.0.1', 0, backlog=4096))
+    port = server.sockets[0].getsockname()[1]
+    proc = subprocess.Popen([sys.executable, '-c', BURST_CLIENT, str(port), str(nconns)],
+                            stdout=subprocess.PIPE)
+    try:
+        deadline = loop.time() + 180
+        while (proc.poll() is None or len(lost) < nconns) and loop.time() < deadline:
+            loop.run_until_complete(asyncio.sleep(0))
+        out = proc.communicate(timeout=10)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    assert out.split() == [str(nconns).encode()]
+    assert lost == [None] * nconns
+    if is_uring(loop):
+        assert max(e.pending for e in entries) > nconns // 2
+        for e in entries:
+            check_ring_invariant(e)
+        wait_until_idle(loop)

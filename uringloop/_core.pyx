@@ -1,6 +1,6 @@
 # cython: language_level=3
 # The uringloop core: one extension built from the files below, in layer order, so that calls
-# between layers are C calls (uvloop's layout). DESIGN.md describes the layers.
+# between layers are C calls (uvloop's layout). DESIGN.md (repository root) describes the layers.
 
 import asyncio
 import collections
