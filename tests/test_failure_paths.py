@@ -32,6 +32,7 @@ def test_a_cancel_that_could_not_be_requested_is_requested_again(uloop):
             task = uloop.create_task(uloop.sock_recv(a, 10))
             while uloop.ring_stats().pending < 2:
                 await asyncio.sleep(0)
+            await asyncio.sleep(0)      # an iteration entry has fitted the ring to it
             uloop._fail_next_sqes(1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -62,6 +63,8 @@ def loop_fds():
 def test_a_resized_ring_that_cannot_be_mapped_leaves_a_loop_that_says_so(uloop):
     """The kernel resized the ring but mapping it again failed: every later use of the loop
     raises a clear RuntimeError (no crash), and close() still releases everything."""
+    if uloop.ring_stats().resize_method != 'in-place':
+        pytest.skip('this run resizes by migration (URINGLOOP_TEST_AS_OLDEST_KERNEL)')
     assert len(loop_fds()) == 2
     pairs = [socket.socketpair() for _ in range(8)]
     try:
@@ -89,6 +92,39 @@ def test_a_resized_ring_that_cannot_be_mapped_leaves_a_loop_that_says_so(uloop):
             a.close()
             b.close()
     assert loop_fds() == []
+
+
+def test_a_migration_that_cannot_make_its_new_ring_keeps_the_old_one(uloop):
+    """Where the ring is resized by migration and the new ring cannot be made (here: its
+    mapping fails), the failure is reported and the loop goes on with the ring it has, then
+    fits the ring at a later iteration entry."""
+    uloop._resize_by_migration()
+    errors = []
+    uloop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    pairs = [socket.socketpair() for _ in range(8)]
+    try:
+        for a, b in pairs:
+            a.setblocking(False)
+            b.setblocking(False)
+
+        async def scenario():
+            _core._fail_next_ring_maps(1)
+            tasks = [uloop.create_task(uloop.sock_recv(a, 10)) for a, _ in pairs]
+            await asyncio.sleep(0.01)
+            for _, b in pairs:
+                b.send(b'hello')
+            return await asyncio.gather(*tasks)
+
+        assert uloop.run_until_complete(scenario()) == [b'hello'] * 8
+        assert len(errors) == 1 and 'keeps its ring' in errors[0]['message']
+        stats = uloop.ring_stats()
+        assert stats.migrations >= 1 and stats.resize_method == 'migration'
+        assert stats.capacity == 2 and stats.pending == 1
+    finally:
+        _core._fail_next_ring_maps(0)
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 class SmallBuffers(asyncio.BufferedProtocol):

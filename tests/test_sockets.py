@@ -344,7 +344,12 @@ def test_buffer_ring_follows_live_connections(loop):
         assert ring_peak.pending >= n
         nbufs2, armed2, grows2, shrinks2, _, _ = after
         assert armed2 == 0
-        assert nbufs2 < nbufs and shrinks2 > shrinks
+        assert nbufs2 < nbufs
+        if ring_after.resize_method == 'in-place':
+            assert shrinks2 > shrinks
+        else:
+            # The ring's migrations took the buffer groups with them.
+            assert ring_after.migrations > ring_peak.migrations
         assert ring_after.pending < 8
 
 

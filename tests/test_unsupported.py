@@ -184,18 +184,13 @@ CASES = {
         causes={"memlock"},
         needles=[("RLIMIT_MEMLOCK", "ulimit -l")],
     ),
-    # io_uring_register(fd, IORING_REGISTER_RESIZE_RINGS, ...) -> EINVAL, as on
-    # kernels before 6.13.  The mask ignores IORING_REGISTER_USE_REGISTERED_RING
-    # so the case holds whether or not the loop registers its ring fd.
-    "resize-EINVAL": Case(
-        rules=[(su.NR_io_uring_register, errno.EINVAL,
-                (1, su.IORING_REGISTER_RESIZE_RINGS, 0x7FFFFFFF))],
-        errno=errno.EINVAL,
-        causes={"no-resize"},
-        needles=[("6.13",)],
-        needs_io_uring=True,
-    ),
 }
+
+# io_uring_register(fd, IORING_REGISTER_RESIZE_RINGS, ...) -> EINVAL, as on kernels before
+# 6.13. The mask ignores IORING_REGISTER_USE_REGISTERED_RING so the rule holds whether or not
+# the loop registers its ring fd.
+NO_RESIZE = [(su.NR_io_uring_register, errno.EINVAL,
+              (1, su.IORING_REGISTER_RESIZE_RINGS, 0x7FFFFFFF))]
 
 case_ids = list(CASES)
 
@@ -322,6 +317,48 @@ def test_exception_class():
         report({"runtime": issubclass(E, RuntimeError), "name": E.__name__})
     """)
     assert res["runtime"], "IoUringUnavailable must subclass RuntimeError"
+
+
+# -- a kernel that cannot resize rings: the loop runs and resizes by migration ------
+def test_without_ring_resizing_the_loop_migrates():
+    _require_host_io_uring()
+    res = run_child(NO_RESIZE, r"""
+        import asyncio, socket
+        s = uringloop.check_support()
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            pairs = [socket.socketpair() for _ in range(40)]
+            transports = []
+            got = []
+            for a, b in pairs:
+                t, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=a)
+                transports.append(t)
+                b.setblocking(False)
+            await asyncio.sleep(0.01)
+            grown = loop.ring_stats()
+            for t in transports:
+                t.write(b'x' * 1000)
+            for _, b in pairs:
+                got.append(len(await loop.sock_recv(b, 2000)))
+            for t in transports:
+                t.close()
+            for _, b in pairs:
+                b.close()
+            while loop.ring_stats().pending > 1:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0)
+            return grown, loop.ring_stats(), got
+
+        grown, idle, got = uringloop.run(main())
+        report({"ok": s.ok, "reason": s.reason, "grown": list(grown), "idle": list(idle),
+                 "got": got})
+    """)
+    assert res["ok"] is True and "migrat" in res["reason"], res["reason"]
+    assert res["got"] == [1000] * 40
+    grown, idle = res["grown"], res["idle"]
+    assert grown[0] == 64 and grown[-1] == "migration"     # capacity, resize_method
+    assert idle[0] == 2 and idle[-2] >= 2                    # capacity, migrations
 
 
 # -- each injected failure -------------------------------------------------------

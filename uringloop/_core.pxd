@@ -7,33 +7,46 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe
 
 
+cdef class RingCounters:
+    """What ring_stats() reports, shared by every ring a loop has had: a migration replaces
+    the ring, not the history."""
+    cdef uint64_t resizes_up
+    cdef uint64_t resizes_down
+    cdef uint64_t migrations      # resizes done by moving to a new ring (kernels before 6.13)
+    cdef uint64_t submitted
+    cdef uint64_t completed
+    cdef uint64_t enters
+
+
 cdef class Ring:
     cdef ul_ring r
+    cdef RingCounters counters
     cdef ul_cqe *harvest          # completions copied out of the CQ, not yet dispatched
     cdef size_t harvest_cap
     cdef size_t harvest_head      # next to dispatch
     cdef size_t harvest_tail
+    cdef Py_ssize_t live          # registered operations submitted through this ring
     cdef bint opened
     cdef bint enabled
+    cdef bint can_resize          # IORING_REGISTER_RESIZE_RINGS works (else: migration)
+    cdef bint read_multishot      # IORING_OP_READ_MULTISHOT (6.7) exists
     cdef bint broken              # resized by the kernel but not re-mapped: unusable
     cdef unsigned failing_sqes    # testing aid: get_sqe() fails this many more times
     cdef unsigned long owner_thread
-    cdef uint64_t resizes_up
-    cdef uint64_t resizes_down
-    cdef uint64_t submitted
-    cdef uint64_t completed
 
-    cdef int open(self, unsigned entries) except -1
+    cdef int open(self, unsigned entries, bint probe=*) except -1
     cdef int check_thread(self) except -1
     cdef int check_mapped(self) except -1
     cdef int enable(self) except -1
     cdef int resize(self, unsigned sq_entries) except -1
+    cdef int regrow_disabled(self, unsigned sq_entries) except -1
     cdef unsigned kernel_sq_entries(self)
     cdef io_uring_sqe *get_sqe(self) except NULL
     cdef int enter(self, unsigned wait_nr, long long timeout_ns,
                    unsigned min_wait_us=*) except -1
     cdef unsigned reap(self) except? 0
     cdef inline bint backlog_empty(self)
+    cdef bint drained(self)
     cdef void close(self)
 
 
@@ -44,9 +57,14 @@ cdef class Operation:
     cdef bint cancelling
     cdef bint staged              # in the loop's `staged` list: its SQE is made at submission
     cdef object keep              # everything the kernel may read or write until the final CQE
+    cdef Ring ring                # the ring it was submitted through, until its final CQE
+    cdef bint moving              # cancelled by a ring migration: resubmit on the new ring
 
     cdef inline uint64_t user_data(self)
     cdef io_uring_sqe *prepare(self) except NULL
+    cdef io_uring_sqe *prepare_on(self, Ring ring) except NULL
+    cdef bint movable(self)
+    cdef int resubmit(self) except -1
     cdef io_uring_sqe *prepare_poll(self, int fd, uint32_t events) except NULL
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1
     cdef int cancel(self) except -1
@@ -109,6 +127,9 @@ cdef class CoreLoop:
     cdef Operation wakeup_op
     cdef int wakeup_fd
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
+    cdef list draining             # rings replaced by a migration, until their last CQE
+    cdef bint moves_failed         # an operation could not be asked to move: ask again
+    cdef bint settled_at_entry     # a migration dispatched completions at this entry
     cdef list staged               # Operations whose SQE is made right before the next enter
     cdef bint batching             # busy: an enter that submits SENDs waits for 2 more CQEs
     cdef uint64_t unowned_buffer_cqes  # CQEs with F_BUFFER that no operation claimed
@@ -121,8 +142,14 @@ cdef class CoreLoop:
     cdef TimerHandle pop_timer(self)
     cdef int rebuild_timers(self) except -1
     cdef int fit_ring(self) except -1
+    cdef bint migrate(self, unsigned sq_entries) except -1
+    cdef int move_operations(self) except -1
+    cdef int ring_replaced(self) except -1
+    cdef int service_draining(self) except -1
+    cdef int dispatch_ring(self, Ring ring) except -1
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
+    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1
     cdef int run_ready(self) except -1
     cdef int submit_staged(self) except -1
     cdef int before_submit(self) except -1

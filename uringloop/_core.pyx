@@ -29,7 +29,8 @@ logger = logging.getLogger('asyncio')
 
 RingStats = collections.namedtuple(
     'RingStats',
-    'capacity cq_capacity pending resizes_up resizes_down submitted completed enters iterations')
+    'capacity cq_capacity pending resizes_up resizes_down submitted completed enters iterations '
+    'migrations resize_method')
 Support = collections.namedtuple('Support', 'ok reason')
 
 include "ring.pyx"

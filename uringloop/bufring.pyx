@@ -177,8 +177,10 @@ cdef class BufPool:
                  and not ul_cq_overflowed(&self.ring.r) and loop.unowned_buffer_cqes == 0)
         try:
             for g in self.dirty:
-                g.publish(front, loop.debug_flag)
-                self.front_publishes += front and g.offthread_users == 0
+                # A group of a ring replaced by a migration: its head count is not checked
+                # against that ring's completions, so it gets the plain order.
+                g.publish(front and g.ring is self.ring, loop.debug_flag)
+                self.front_publishes += front and g.ring is self.ring and g.offthread_users == 0
         finally:
             self.dirty.clear()
         return 0

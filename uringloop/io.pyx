@@ -44,6 +44,9 @@ cdef class WatchPoll(Operation):
         self.watch.fired(self, res)
         return 0
 
+    cdef bint movable(self):
+        return True     # fired() re-arms after ECANCELED while a callback is registered
+
 
 cdef class FdWatch:
     """The reader and writer callbacks registered for one fd."""
@@ -94,6 +97,17 @@ cdef class FdWatch:
 cdef class WaitPoll(Operation):
     """A one-shot POLL_ADD that resolves a future with the ready events."""
     cdef object future
+    cdef int fd
+    cdef uint32_t events
+
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        if self.future is None or self.future.done():
+            return 0
+        self.prepare_poll(self.fd, self.events)
+        return 1
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         fut = self.future
@@ -210,6 +224,8 @@ cdef class IOLoop(CoreLoop):
         op.loop = self
         fut = self.create_future()
         op.future = fut
+        op.fd = fd
+        op.events = events
         op.prepare_poll(fd, events)
         fut.add_done_callback(op._on_future_done)
         return fut

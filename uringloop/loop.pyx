@@ -23,6 +23,13 @@ cdef unsigned BATCH_WAIT_US = 50
 # A heap with more cancelled timers than this share of its size gets compacted.
 cdef Py_ssize_t MIN_CANCELLED_TIMERS = 100
 cdef double MIN_CANCELLED_FRACTION = 0.5
+# The longest wait while a ring replaced by a migration still has completions to come: they
+# cannot end the current ring's io_uring_enter, so the loop looks at the old ring this often.
+cdef long long DRAINING_WAIT_NS = 1000 * 1000
+# How many migrations one iteration entry may make while settling changes `pending`.
+cdef int MIGRATION_ATTEMPTS = 4
+# How long a migration waits at the iteration entry for the old ring's last completions.
+cdef double MIGRATION_SETTLE = 0.01
 # How long close() waits for cancelled operations to deliver their final CQE.
 cdef double DRAIN_TIMEOUT = 5.0
 
@@ -55,6 +62,7 @@ cdef class CoreLoop:
         self.ready = []
         self.ready_spare = []
         self.staged = []
+        self.draining = []
         self.ready_threadsafe = collections.deque()
         self.timers = []
         self.closed_flag = True        # until the ring exists: __del__ must not warn
@@ -326,15 +334,22 @@ cdef class CoreLoop:
     def ring_stats(self):
         """A read-only snapshot of the ring: capacity (SQ entries, as the kernel reports them),
         cq_capacity, pending operations, resizes up and down, SQEs submitted, CQEs completed,
-        io_uring_enter calls and loop iterations."""
+        io_uring_enter calls, loop iterations, how many resizes were migrations to a new ring,
+        and how this kernel resizes ('in-place', or 'migration' before Linux 6.13)."""
         if self.ring.opened:
             cap = self.ring.kernel_sq_entries()
             cq = self.ring.r.cq_entries
         else:
             cap = cq = 0
-        return RingStats(cap, cq, self.slab.live, self.ring.resizes_up,
-                         self.ring.resizes_down, self.ring.submitted, self.ring.completed,
-                         self.ring.r.enters, self.iterations)
+        cdef RingCounters n = self.ring.counters
+        return RingStats(cap, cq, self.slab.live, n.resizes_up, n.resizes_down, n.submitted,
+                         n.completed, n.enters, self.iterations, n.migrations,
+                         'in-place' if self.ring.can_resize else 'migration')
+
+    def _resize_by_migration(self):
+        """Testing aid: from now on this loop resizes its ring as on a kernel without
+        IORING_REGISTER_RESIZE_RINGS."""
+        self.ring.can_resize = False
 
     def _fail_next_sqes(self, unsigned n):
         """Testing aid: the next n requests for an SQE fail with ENOMEM."""
@@ -346,10 +361,22 @@ cdef class CoreLoop:
         self.iteration_observer = observer
 
     cdef int fit_ring(self) except -1:
-        cdef unsigned want = next_power_of_two(self.slab.live + 1)
-        cdef unsigned need = want if want < UL_SQ_MAX else UL_SQ_MAX
-        if self.ring.r.sq_entries != need:
-            self.ring.resize(need)
+        cdef unsigned want, need
+        cdef int attempts = 0
+        while True:
+            want = next_power_of_two(self.slab.live + 1)
+            need = want if want < UL_SQ_MAX else UL_SQ_MAX
+            if self.ring.r.sq_entries == need:
+                break
+            if self.ring.can_resize:
+                self.ring.resize(need)
+                self.slab.fit(want)
+                break
+            # A migration settles the old ring's completions, which can change `pending`
+            # again (a receive that ended for good, a connection that arrived): fit again.
+            attempts += 1
+            if attempts > MIGRATION_ATTEMPTS or not self.migrate(need):
+                break
             self.slab.fit(want)
         if self.debug_flag:
             cap = self.ring.kernel_sq_entries()
@@ -359,6 +386,102 @@ cdef class CoreLoop:
                     % (cap, self.ring.r.cq_entries, self.slab.live))
         if self.iteration_observer is not None:
             self.iteration_observer(self.ring_stats())
+        return 0
+
+    cdef bint migrate(self, unsigned sq_entries) except -1:
+        """Resize where the kernel cannot resize a ring in place (before Linux 6.13): a new
+        ring of the right size takes every submission from now on, and each operation that
+        may wait on the old one for as long as a peer likes (receives, accepts, polls, the
+        wake-up read) is cancelled there and resubmitted here once its cancellation is
+        reaped (Operation.resubmit). Operations that finish promptly finish where they are.
+        The old ring is serviced at every iteration until its last completion is in, then
+        closed. A cancelled multishot receive loses nothing: unread bytes stay in the socket,
+        and what it had already received arrives before its final CQE.
+
+        When the kernel will not give a new ring (out of memory, out of file descriptors),
+        the failure is reported and the loop carries on with the ring it has: it still takes
+        every submission (a full SQ is flushed), and the next iteration entry tries again.
+        Returns whether the ring was replaced."""
+        cdef Ring old = self.ring
+        cdef Ring new = Ring.__new__(Ring)
+        new.counters = old.counters
+        try:
+            new.open(sq_entries, False)
+            new.can_resize = False
+            new.read_multishot = old.read_multishot
+            new.enable()
+        except (IoUringUnavailable, OSError) as exc:
+            new.close()
+            self.call_exception_handler({
+                'message': 'uringloop could not move to a ring of %d entries; it keeps its '
+                           'ring of %d for now' % (sq_entries, old.r.sq_entries),
+                'exception': exc,
+            })
+            return False
+        if ul_sq_queued(&old.r):
+            old.enter(0, 0)
+        self.ring = new
+        self.draining.append(old)
+        self.ring_replaced()
+        self.move_operations()
+        # Settle now, at the iteration entry: the cancellations of armed operations are
+        # answered at once, and every moved operation is back in `pending` exactly once,
+        # on the new ring, before anything else is counted. What the old ring still has
+        # after that (work the kernel is doing off our thread) drains in later iterations.
+        deadline = monotonic() + MIGRATION_SETTLE
+        old.enter(0, 0)
+        while True:
+            self.dispatch_ring(old)
+            if old.live == 0 or monotonic() >= deadline:
+                break
+            old.enter(1, DRAINING_WAIT_NS)
+        self.settled_at_entry = True
+        if sq_entries > old.r.sq_entries:
+            new.counters.resizes_up += 1
+        else:
+            new.counters.resizes_down += 1
+        new.counters.migrations += 1
+        return True
+
+    cdef int move_operations(self) except -1:
+        """Ask every movable operation still on a replaced ring to move (see migrate()).
+        One that cannot be asked now (its cancel request failed) is reported and asked
+        again at the next iteration."""
+        cdef Operation op
+        for op in [r for r in self.slab.records if r is not None]:
+            if op.ring is not None and op.ring is not self.ring and not op.cancelling \
+                    and op.movable():
+                try:
+                    op.cancel()
+                except Exception as exc:
+                    self.call_exception_handler({
+                        'message': 'uringloop could not move %r to its new ring yet' % (op,),
+                        'exception': exc,
+                    })
+                    self.moves_failed = True
+                    continue
+                op.moving = True
+        return 0
+
+    cdef int ring_replaced(self) except -1:
+        """What the layers above keep per ring (registered buffer groups) must follow a
+        migration to the new ring."""
+        return 0
+
+    cdef int service_draining(self) except -1:
+        """Submit what rings replaced by a migration have queued (cancel requests), run their
+        task work and collect their completions; close those with nothing left in flight."""
+        cdef Ring r
+        for r in list(self.draining):
+            if r.drained():
+                r.close()
+                self.draining.remove(r)
+            elif not r.broken:
+                r.enter(0, 0)
+                r.reap()
+        if self.draining and self.moves_failed:
+            self.moves_failed = False
+            self.move_operations()
         return 0
 
     cdef int run_once(self) except -1:
@@ -440,10 +563,47 @@ cdef class CoreLoop:
         else:
             timeout_ns = -1
 
-        queued = ul_sq_queued(&self.ring.r)
-        self.submit_staged()
-        sends = ul_sq_queued(&self.ring.r) - queued
-        completed = self.ring.completed
+        if self.draining:
+            self.service_draining()
+            if self.draining and (timeout_ns < 0 or timeout_ns > DRAINING_WAIT_NS):
+                # Completions on a replaced ring cannot end this ring's wait.
+                timeout_ns = DRAINING_WAIT_NS
+
+        if self.settled_at_entry:
+            # A migration at this entry already dispatched completions; what they re-armed
+            # must not be submitted before their callbacks run (a level-triggered poll would
+            # fire a second time for the same readiness), so this iteration makes no enter.
+            self.settled_at_entry = False
+            timeout_ns = 0
+            sends = 0
+            completed = self.ring.counters.completed
+        else:
+            queued = ul_sq_queued(&self.ring.r)
+            self.submit_staged()
+            sends = ul_sq_queued(&self.ring.r) - queued
+            completed = self.ring.counters.completed
+            self.enter_and_dispatch(timeout_ns, sends)
+        completed = self.ring.counters.completed - completed
+        events = completed - sends if completed > sends else 0
+        self.batching = events >= 2
+
+        while self.ready_threadsafe:
+            self.ready.append(self.ready_threadsafe.popleft())
+
+        end_time = monotonic() + self.clock_resolution
+        while self.timers:
+            th = <TimerHandle>self.timers[0]
+            if th.is_cancelled:
+                self.pop_timer()
+                self.timers_cancelled -= 1
+                continue
+            if th.when_ >= end_time:
+                break
+            self.pop_timer()
+            self.ready.append(th)
+        return 0
+
+    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1:
         if timeout_ns != 0:
             if sends and self.batching and \
                     (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
@@ -463,26 +623,7 @@ cdef class CoreLoop:
             # Nothing to wait for, but SQEs to submit or completions to collect. When neither
             # holds (TASKRUN_FLAG tells us), a busy iteration skips the syscall entirely.
             self.ring.enter(0, 0)
-        self.dispatch_completions()
-        completed = self.ring.completed - completed
-        events = completed - sends if completed > sends else 0
-        self.batching = events >= 2
-
-        while self.ready_threadsafe:
-            self.ready.append(self.ready_threadsafe.popleft())
-
-        end_time = monotonic() + self.clock_resolution
-        while self.timers:
-            th = <TimerHandle>self.timers[0]
-            if th.is_cancelled:
-                self.pop_timer()
-                self.timers_cancelled -= 1
-                continue
-            if th.when_ >= end_time:
-                break
-            self.pop_timer()
-            self.ready.append(th)
-        return 0
+        return self.dispatch_completions()
 
     cdef int run_ready(self) except -1:
         """Run the handles that are ready now; callbacks they schedule wait for the next
@@ -531,7 +672,13 @@ cdef class CoreLoop:
         off the backlog before its handler runs: a handler that raises SystemExit or
         KeyboardInterrupt has had its completion, and the rest of the batch waits in the
         backlog for the next dispatch, none lost and none delivered twice."""
-        cdef Ring ring = self.ring
+        cdef Ring ring
+        if self.draining:
+            for ring in list(self.draining):
+                self.dispatch_ring(ring)
+        return self.dispatch_ring(self.ring)
+
+    cdef int dispatch_ring(self, Ring ring) except -1:
         cdef ul_cqe c
         cdef Operation op
         cdef bint final
@@ -551,6 +698,11 @@ cdef class CoreLoop:
             if final:
                 self.slab.release(op)
             try:
+                if final and op.moving:
+                    op.moving = False
+                    op.cancelling = False        # the migration's cancel, answered now
+                    if c.res == -ECANCELED and not self.closing_flag and op.resubmit():
+                        continue
                 op.complete(c.res, c.flags, final)
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -605,7 +757,9 @@ cdef class CoreLoop:
             for op in [r for r in self.slab.records if r is not None]:
                 if not op.cancelling and not isinstance(op, CancelOp):
                     op.cancel()
-            self.ring.enter(1, 50 * 1000 * 1000)
+            if self.draining:
+                self.service_draining()
+            self.ring.enter(1, DRAINING_WAIT_NS if self.draining else 50 * 1000 * 1000)
             self.dispatch_completions()
         return 0
 
@@ -632,6 +786,9 @@ cdef class CoreLoop:
         self.ready_threadsafe.clear()
         self.timers.clear()
         self.ring.close()
+        for ring in self.draining:
+            (<Ring>ring).close()
+        self.draining.clear()
         if self.wakeup_fd >= 0:
             fd_close(self.wakeup_fd)
             self.wakeup_fd = -1

@@ -18,18 +18,36 @@ cdef class Operation:
         return (<uint64_t>self.generation << 32) | self.slot
 
     cdef io_uring_sqe *prepare(self) except NULL:
-        """Register with the slab (it now counts as pending) and return a zeroed SQE whose
-        user_data points back here."""
+        """Register with the slab (it now counts as pending) and return a zeroed SQE of the
+        loop's ring whose user_data points back here."""
+        return self.prepare_on(self.loop.ring)
+
+    cdef io_uring_sqe *prepare_on(self, Ring ring) except NULL:
         cdef io_uring_sqe *sqe
         self.loop.check_usable()
         self.loop.slab.acquire(self)
         try:
-            sqe = self.loop.ring.get_sqe()
+            sqe = ring.get_sqe()
         except BaseException:
             self.loop.slab.release(self)
             raise
+        self.ring = ring
+        ring.live += 1
         sqe.user_data = self.user_data()
         return sqe
+
+    cdef bint movable(self):
+        """Whether a ring migration moves this operation (cancel on the old ring, resubmit()
+        on the new one). Operations that may wait in the kernel for as long as a peer likes
+        say yes; the others finish on the ring they started on."""
+        return False
+
+    cdef int resubmit(self) except -1:
+        """A migration cancelled this operation before it took effect: prepare the same
+        request on the loop's current ring and return 1; or return 0 to be completed with
+        -ECANCELED as usual (the operation re-arms itself from there, or is no longer
+        wanted)."""
+        return 0
 
     cdef io_uring_sqe *prepare_poll(self, int fd, uint32_t events) except NULL:
         """prepare() for a one-shot POLL_ADD: readiness comes back, never data, so cancelling
@@ -58,14 +76,19 @@ cdef class Operation:
         return 0
 
     cdef int cancel(self) except -1:
-        if self.generation == 0 or self.cancelling:
+        if self.generation == 0:
+            return 0
+        if self.cancelling:
+            # A migration's cancel is on its way: let it end the operation for good.
+            self.moving = False
             return 0
         cdef CancelOp req = CancelOp.__new__(CancelOp)
         req.loop = self.loop
         req.target = self
         # Marked only once the request exists: if preparing it fails, a later cancel (or
         # close()'s drain) asks again instead of waiting for an answer that never comes.
-        cdef io_uring_sqe *sqe = req.prepare()
+        # The request goes to the ring the target was submitted through.
+        cdef io_uring_sqe *sqe = req.prepare_on(self.ring)
         self.cancelling = True
         sqe.opcode = IORING_OP_ASYNC_CANCEL
         sqe.fd = -1
@@ -128,6 +151,9 @@ cdef class OpSlab:
         self.nfree += 1
         op.generation = 0
         self.live -= 1
+        if op.ring is not None:
+            op.ring.live -= 1
+            op.ring = None
 
     cdef Operation lookup(self, uint64_t user_data):
         cdef uint32_t slot = <uint32_t>(user_data & 0xffffffffu)
@@ -191,3 +217,10 @@ cdef class WakeupRead(Operation):
         if not self.loop.closing_flag and not self.cancelling:
             self.arm()
         return 0
+
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        self.arm()
+        return 1

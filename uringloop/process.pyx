@@ -28,6 +28,15 @@ cdef class PidfdPoll(Operation):
         self.prepare_poll(self.pidfd, POLLIN_)
         return 0
 
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        if self.transport is None:
+            return 0
+        self.arm()
+        return 1
+
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         self.cancelling = False
         transport = self.transport

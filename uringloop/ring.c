@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -233,6 +234,26 @@ int ul_ring_resize(ul_ring *ring, unsigned sq_entries)
     return err;
 }
 
+int ul_ring_regrow_disabled(ul_ring *ring, unsigned sq_entries)
+{
+    ul_ring fresh;
+    unsigned queued = ring->sq_tail - load_acquire(ring->sq_khead);
+    if (sq_entries < queued)
+        return -EINVAL;
+    int err = ul_ring_init_sqarray(&fresh, sq_entries, ring->sq_array != NULL);
+    if (err < 0)
+        return err;
+    unsigned head = load_acquire(ring->sq_khead);
+    for (unsigned i = 0; i < queued; i++) {
+        struct io_uring_sqe *sqe = ul_get_sqe(&fresh);
+        memcpy(sqe, &ring->sqes[(head + i) & ring->sq_mask], sizeof(*sqe));
+    }
+    fresh.enters = ring->enters;
+    ul_ring_exit(ring);
+    *ring = fresh;
+    return 0;
+}
+
 int ul_ring_enable(ul_ring *ring)
 {
     return sys_register(ring->fd, UL_REGISTER_ENABLE_RINGS, NULL, 0);
@@ -241,6 +262,23 @@ int ul_ring_enable(ul_ring *ring)
 int ul_ring_probe_resize(ul_ring *ring)
 {
     return ul_ring_resize(ring, ring->sq_entries);
+}
+
+int ul_ring_probe_opcode(ul_ring *ring, unsigned op)
+{
+    enum { NOPS = 256 };
+    size_t len = sizeof(struct io_uring_probe) + NOPS * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *probe = calloc(1, len);
+    if (!probe)
+        return -ENOMEM;
+    int err = sys_register(ring->fd, IORING_REGISTER_PROBE, probe, NOPS);
+    int supported = 0;
+    if (err < 0)
+        supported = err;
+    else if (op <= probe->last_op && op < probe->ops_len)
+        supported = (probe->ops[op].flags & IO_URING_OP_SUPPORTED) != 0;
+    free(probe);
+    return supported;
 }
 
 unsigned ul_kernel_sq_entries(const ul_ring *ring)

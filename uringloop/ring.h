@@ -110,9 +110,15 @@ void ul_ring_exit(ul_ring *ring);
 /* On failure the ring keeps its old size, except when the kernel resized it and mapping the
  * new rings failed: then ring_map is NULL and the ring can only be closed. */
 int ul_ring_resize(ul_ring *ring, unsigned sq_entries);
+/* Replace a ring that has never been enabled (IORING_SETUP_R_DISABLED, so the kernel has seen
+ * none of its SQEs) by a new one with sq_entries entries holding the same queued SQEs, in
+ * order. How a ring grows before its loop first runs where the kernel cannot resize. */
+int ul_ring_regrow_disabled(ul_ring *ring, unsigned sq_entries);
 /* Testing aid: make the next n mappings of a resized ring fail with ENOMEM. */
 void ul_ring_fail_next_maps(unsigned n);
 int ul_ring_probe_resize(ul_ring *ring);
+/* 1 if the kernel supports opcode op (IORING_REGISTER_PROBE), 0 if not, or -errno. */
+int ul_ring_probe_opcode(ul_ring *ring, unsigned op);
 int ul_ring_enable(ul_ring *ring);
 
 /* NULL when all sq_entries slots hold SQEs the kernel has not consumed yet. */

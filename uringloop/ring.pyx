@@ -1,7 +1,7 @@
 # Layer 1: the ring. A thin owner of ul_ring (ring.c) that turns -errno into exceptions and
 # counts what the loop exposes in ring_stats().
 
-from libc.errno cimport EINTR, EBUSY, EAGAIN
+from libc.errno cimport EINTR, EBUSY, EAGAIN, EINVAL, EOPNOTSUPP
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport strerror, memmove
 
@@ -15,6 +15,18 @@ cdef inline unsigned next_power_of_two(unsigned n):
     while p < n:
         p <<= 1
     return p
+
+
+cdef class RingCounters:
+    pass
+
+
+# Testing aid, not a setting: with it every ring does without what kernels after 6.1 added
+# and the loop can live without (in-place resizing: it migrates; READ_MULTISHOT: pipes read
+# one buffer per READ; NO_SQARRAY; the bounded batch wait), so the whole suite covers those
+# paths on any kernel.
+cdef bint AS_OLDEST_KERNEL = bool(os.environ.get('URINGLOOP_TEST_AS_OLDEST_KERNEL'))
+cdef unsigned OP_READ_MULTISHOT = 49
 
 
 cdef class Ring:
@@ -33,16 +45,26 @@ cdef class Ring:
     def __dealloc__(self):
         self.close()
 
-    cdef int open(self, unsigned entries) except -1:
-        cdef int err = ul_ring_init(&self.r, entries)
+    cdef int open(self, unsigned entries, bint probe=True) except -1:
+        """Create the ring (disabled until enable()). With probe, find out whether the
+        kernel can resize it in place (Linux 6.13+); a ring made by a migration inherits
+        the answer instead."""
+        cdef int err = ul_ring_init_sqarray(&self.r, entries, AS_OLDEST_KERNEL)
         if err < 0:
             raise unavailable_error(-err, "io_uring_setup")
-        # A kernel without IORING_REGISTER_RESIZE_RINGS (before 6.13) cannot keep the
-        # invariant the loop is built on: find out now, with a same-size resize.
-        err = ul_ring_probe_resize(&self.r)
-        if err < 0:
-            ul_ring_exit(&self.r)
-            raise unavailable_error(-err, "IORING_REGISTER_RESIZE_RINGS")
+        if AS_OLDEST_KERNEL:
+            self.r.features &= ~UL_FEAT_MIN_TIMEOUT
+        if self.counters is None:
+            self.counters = RingCounters.__new__(RingCounters)
+        if probe:
+            # A same-size resize: EINVAL where the kernel has no IORING_REGISTER_RESIZE_RINGS.
+            err = ul_ring_probe_resize(&self.r)
+            if err < 0 and err != -EINVAL and err != -EOPNOTSUPP:
+                ul_ring_exit(&self.r)
+                raise unavailable_error(-err, "IORING_REGISTER_RESIZE_RINGS")
+            self.can_resize = err == 0 and not AS_OLDEST_KERNEL
+            self.read_multishot = (ul_ring_probe_opcode(&self.r, OP_READ_MULTISHOT) == 1
+                                   and not AS_OLDEST_KERNEL)
         self.opened = True
         return 0
 
@@ -89,9 +111,18 @@ cdef class Ring:
             raise OSError(-err, "IORING_REGISTER_RESIZE_RINGS to %d entries: %s"
                           % (sq_entries, strerror(-err).decode()))
         if sq_entries > before:
-            self.resizes_up += 1
+            self.counters.resizes_up += 1
         elif sq_entries < before:
-            self.resizes_down += 1
+            self.counters.resizes_down += 1
+        return 0
+
+    cdef int regrow_disabled(self, unsigned sq_entries) except -1:
+        cdef int err = ul_ring_regrow_disabled(&self.r, sq_entries)
+        if err < 0:
+            raise OSError(-err, "io_uring_setup of %d entries: %s"
+                          % (sq_entries, strerror(-err).decode()))
+        self.counters.resizes_up += 1
+        self.counters.migrations += 1
         return 0
 
     cdef unsigned kernel_sq_entries(self):
@@ -109,14 +140,20 @@ cdef class Ring:
         sqe = ul_get_sqe(&self.r)
         while sqe == NULL:
             self.check_mapped()
-            if self.r.sq_entries < UL_SQ_MAX:
+            if self.can_resize and self.r.sq_entries < UL_SQ_MAX:
                 # The iteration queued more than the ring holds: grow now, like a stack on
                 # overflow; the next iteration entry sets the size the pending count asks for.
                 self.resize(min(self.r.sq_entries * 2, UL_SQ_MAX))
+            elif not self.enabled and self.r.sq_entries < UL_SQ_MAX:
+                # Queued before the loop first runs, on a kernel that resizes only by
+                # migration: the kernel has seen none of these SQEs, so a bigger ring can
+                # simply take them over.
+                self.regrow_disabled(min(self.r.sq_entries * 2, UL_SQ_MAX))
             else:
-                # The kernel's largest SQ is full: hand what is queued to the kernel so the
-                # slots come free (their completions wait in the CQ, or in the kernel's
-                # overflow list, for the next reap).
+                # The SQ is full and cannot grow here (the kernel's largest, or a kernel that
+                # resizes only by migration, which waits for the iteration entry): hand what
+                # is queued to the kernel so the slots come free (their completions wait in
+                # the CQ, or in the kernel's overflow list, for the next reap).
                 self.enter(0, 0)
                 if ul_sq_queued(&self.r) >= self.r.sq_entries:
                     self.reap()      # room in the CQ lets the kernel flush its overflow
@@ -134,7 +171,8 @@ cdef class Ring:
         self.check_mapped()
         with nogil:
             ret = ul_submit_and_wait_batch(&self.r, wait_nr, timeout_ns, min_wait_us)
-        self.submitted += before - ul_sq_queued(&self.r)
+        self.counters.submitted += before - ul_sq_queued(&self.r)
+        self.counters.enters += 1
         if ret >= 0 or ret == -ETIME or ret == -EBUSY or ret == -EAGAIN:
             return 0
         if ret == -EINTR:
@@ -172,11 +210,17 @@ cdef class Ring:
                 self.harvest_cap = cap
         n = ul_reap(&self.r, self.harvest + self.harvest_tail, ready)
         self.harvest_tail += n
-        self.completed += n
+        self.counters.completed += n
         return n
 
     cdef inline bint backlog_empty(self):
         return self.harvest_head == self.harvest_tail
+
+    cdef bint drained(self):
+        """Nothing submitted through this ring waits for a completion any more."""
+        return (self.live == 0 and self.harvest_head == self.harvest_tail
+                and (self.broken or self.r.fd < 0 or
+                     (ul_cq_ready(&self.r) == 0 and not ul_has_work(&self.r))))
 
     cdef void close(self):
         if self.r.fd >= 0:

@@ -44,6 +44,15 @@ cdef class AcceptOp(Operation):
         sqe.accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC
         return 0
 
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        if self.stopped or self.backing_off:
+            return 0
+        self.arm()
+        return 1
+
     cdef int stop(self) except -1:
         self.stopped = True
         if self.retry_handle is not None:

@@ -34,6 +34,9 @@ cdef class SignalRead(Operation):
         sqe.off = <uint64_t>-1
         return 0
 
+    cdef bint movable(self):
+        return True     # complete() re-arms after ECANCELED while handlers are registered
+
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef SurfacesLoop loop = <SurfacesLoop>self.loop
         cdef int32_t i

@@ -90,6 +90,15 @@ cdef class SockSend(Operation):
                 return 0
         return self.submit()
 
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        if self.future is None or self.future.done():
+            return 0
+        self.submit()
+        return 1
+
     cdef void release(self):
         if self.has_view:
             self.has_view = False
@@ -133,6 +142,13 @@ cdef class SocketLoop(IOLoop):
 
     cdef int before_submit(self) except -1:
         return self.bufpool.publish(self)
+
+    cdef int ring_replaced(self) except -1:
+        # Buffer groups are registered with one ring: receives re-armed on the new ring pick
+        # from a group registered there; the old ones go when their last receive ends.
+        self.bufpool.ring = self.ring
+        self.bufpool.current = None
+        return 0
 
     # -- low-level socket API -----------------------------------------------------------------
 

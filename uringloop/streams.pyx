@@ -111,6 +111,7 @@ cdef class RecvOp(StreamOp):
     cdef bint into               # one-shot RECV into a BufferedProtocol's own buffer
     cdef Py_buffer view          # that buffer, exported until the CQE (`keep` holds its owner)
     cdef bint has_view
+    cdef bint polling            # a POLL_ADD for readability before the next one-shot READ
 
     cdef int arm(self) except -1:
         cdef BufPool pool
@@ -118,6 +119,13 @@ cdef class RecvOp(StreamOp):
         cdef io_uring_sqe *sqe
         if self.stream.buffered and self.stream.kind == KIND_SOCKET:
             return self.arm_into()
+        if self.polling:
+            # A one-shot READ (kernels before 6.7) of a non-blocking pipe answers EAGAIN
+            # rather than waiting: wait for readability first.
+            self.prepare_poll(self.stream.fd, POLLIN)
+            self.cancelling = False
+            self.into = False
+            return 0
         pool = (<SocketLoop>self.loop).bufpool
         g = pool.group_for_arm()
         sqe = self.prepare()
@@ -133,7 +141,9 @@ cdef class RecvOp(StreamOp):
             sqe.opcode = IORING_OP_RECV
             sqe.ioprio = IORING_RECV_MULTISHOT
         else:
-            sqe.opcode = UL_OP_READ_MULTISHOT
+            # Before 6.7 there is no multishot READ: one READ per buffer, re-armed from each
+            # CQE by the same final-CQE path.
+            sqe.opcode = UL_OP_READ_MULTISHOT if self.ring.read_multishot else IORING_OP_READ
             sqe.off = <uint64_t>-1
             g.offthread_users += 1  # a pipe or tty read may run on an io-wq worker
         return 0
@@ -173,6 +183,14 @@ cdef class RecvOp(StreamOp):
         sqe.len = <uint32_t>(self.view.len if self.view.len < 0x7fffffff else 0x7fffffff)
         return 0
 
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        # finish() re-arms on the current ring, and on the current buffer group.
+        self.rearm = True
+        return 0
+
     cdef void release_view(self):
         if self.has_view:
             self.has_view = False
@@ -182,6 +200,15 @@ cdef class RecvOp(StreamOp):
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if self.into:
             return self.handle_into(res)
+        if self.polling:
+            self.polling = False
+            if res < 0 and res != -ECANCELED:
+                try:
+                    self.stream.on_read_error(res)
+                finally:
+                    self.finish(res)
+                return 0
+            return self.finish(res)
         return self.handle_multishot(res, flags, final)
 
     cdef int handle_into(self, int32_t res) except -1:
@@ -242,6 +269,8 @@ cdef class RecvOp(StreamOp):
             elif res == -ENOBUFS:
                 # No data was taken: it waits in the socket for the re-armed receive.
                 loop.bufpool.on_enobufs(g)
+            elif res == -EAGAIN and self.stream.kind != KIND_SOCKET:
+                self.polling = True     # a one-shot READ found the pipe empty
             elif res < 0 and res != -ECANCELED:
                 s.on_read_error(res)
         finally:
@@ -326,6 +355,15 @@ cdef class SendOp(StreamOp):
             sqe.off = <uint64_t>-1
         return 0
 
+    cdef bint movable(self):
+        return True     # a SEND to a peer that does not read can wait for ever
+
+    cdef int resubmit(self) except -1:
+        if self.data is None:
+            return 0
+        self.submit()
+        return 1
+
     cdef Py_ssize_t remaining(self):
         if self.data is None:
             return 0
@@ -367,6 +405,15 @@ cdef class PeerWatch(StreamOp):
     cdef int arm(self) except -1:
         self.prepare_poll(self.stream.fd, POLLIN)
         return 0
+
+    cdef bint movable(self):
+        return True
+
+    cdef int resubmit(self) except -1:
+        if self.stream.conn_lost or self.stream.sock is None:
+            return 0
+        self.arm()
+        return 1
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if res == -ECANCELED or self.stream.conn_lost or self.stream.sock is None:

@@ -8,7 +8,7 @@ class IoUringUnavailable(RuntimeError):
     """Raised by new_event_loop() when this machine cannot run a uringloop loop.
 
     ``errno`` is the kernel's error; ``cause`` is one of 'seccomp', 'disabled', 'memlock',
-    'nosys', 'old-kernel', 'no-resize', 'other'.
+    'nosys', 'old-kernel', 'other'.
     """
 
     def __init__(self, message, errno, cause):
@@ -28,13 +28,7 @@ def _io_uring_disabled_sysctl():
 def unavailable_error(int err, str call):
     import os
     name = os.strerror(err)
-    if call == "IORING_REGISTER_RESIZE_RINGS":
-        if err in (EINVAL, EOPNOTSUPP):
-            return IoUringUnavailable(
-                "uringloop needs IORING_REGISTER_RESIZE_RINGS (Linux 6.13 or newer) to size its "
-                "ring to the pending operations; this kernel (%s) refused it (%s). Fix: run on "
-                "Linux >= 6.13." % (os.uname().release, name), err, "no-resize")
-    elif err in (EPERM, EACCES):
+    if err in (EPERM, EACCES):
         disabled = _io_uring_disabled_sysctl()
         if disabled:
             return IoUringUnavailable(
@@ -49,7 +43,7 @@ def unavailable_error(int err, str call):
             "outside the sandbox." % name, err, "seccomp")
     elif err == ENOSYS:
         return IoUringUnavailable(
-            "this kernel has no io_uring (%s): uringloop needs Linux 6.13 or newer built with "
+            "this kernel has no io_uring (%s): uringloop needs Linux 6.1 or newer built with "
             "CONFIG_IO_URING, with the setup features SINGLE_ISSUER, DEFER_TASKRUN and EXT_ARG."
             % name, err, "nosys")
     elif err == ENOMEM:
@@ -61,7 +55,8 @@ def unavailable_error(int err, str call):
     elif err == EINVAL and call == "io_uring_setup":
         return IoUringUnavailable(
             "io_uring_setup rejected the ring's flags (%s): this kernel (%s) predates "
-            "SINGLE_ISSUER/DEFER_TASKRUN. Fix: run on Linux >= 6.13." % (name, os.uname().release),
+            "SINGLE_ISSUER/DEFER_TASKRUN (Linux 6.1). Fix: run on Linux >= 6.1."
+            % (name, os.uname().release),
             err, "old-kernel")
     return IoUringUnavailable("%s failed: %s" % (call, name), err, "other")
 
@@ -79,4 +74,8 @@ def check_support():
         return Support(False, str(exc))
     finally:
         ring.close()
-    return Support(True, "io_uring with ring resizing is available")
+    if ring.can_resize:
+        return Support(True, "io_uring is available; the ring is resized in place "
+                             "(IORING_REGISTER_RESIZE_RINGS)")
+    return Support(True, "io_uring is available; this kernel cannot resize a ring in place "
+                         "(before Linux 6.13), so the ring is resized by migration to a new one")

@@ -46,11 +46,15 @@ cdef extern from "ring.h" nogil:
     enum:
         UL_SQ_MAX
         UL_CQ_MAX
+        UL_FEAT_MIN_TIMEOUT
 
     int ul_ring_init(ul_ring *ring, unsigned entries)
     void ul_ring_exit(ul_ring *ring)
     int ul_ring_resize(ul_ring *ring, unsigned sq_entries)
     void ul_ring_fail_next_maps(unsigned n)
+    int ul_ring_regrow_disabled(ul_ring *ring, unsigned sq_entries)
+    int ul_ring_init_sqarray(ul_ring *ring, unsigned entries, int use_sq_array)
+    int ul_ring_probe_opcode(ul_ring *ring, unsigned op)
     int ul_ring_probe_resize(ul_ring *ring)
     int ul_ring_enable(ul_ring *ring)
     io_uring_sqe *ul_get_sqe(ul_ring *ring)
