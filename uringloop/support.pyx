@@ -39,8 +39,9 @@ def unavailable_error(int err, str call):
             "io_uring_setup was refused (%s) although kernel.io_uring_disabled=0: a seccomp "
             "filter blocks io_uring, as Docker >= 25, containerd and many sandboxes do by "
             "default. Fix: allow io_uring_setup/io_uring_enter/io_uring_register in the seccomp "
-            "profile (e.g. `docker run --security-opt seccomp=<profile allowing them>`), or run "
-            "outside the sandbox." % name, err, "seccomp")
+            "profile (`python -m uringloop.seccomp default.json > uringloop-seccomp.json`, then "
+            "`docker run --security-opt seccomp=uringloop-seccomp.json ...`), or run outside "
+            "the sandbox." % name, err, "seccomp")
     elif err == ENOSYS:
         return IoUringUnavailable(
             "this kernel has no io_uring (%s): uringloop needs Linux 6.1 or newer built with "
