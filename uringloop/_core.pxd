@@ -94,6 +94,7 @@ cdef class Handle:
     cdef bint is_cancelled
     cdef object source_traceback
     cdef object repr_cache
+    cdef object __weakref__       # asyncio's handles can be weakly referenced
 
     cdef int run(self) except -1
     cdef list repr_parts(self)

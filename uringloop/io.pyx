@@ -52,6 +52,7 @@ cdef class FdWatch:
     """The reader and writer callbacks registered for one fd."""
     cdef IOLoop loop
     cdef int fd
+    cdef object fileobj            # as registered: found again by identity once it is closed
     cdef Handle reader
     cdef Handle writer
     cdef WatchPoll read_poll
@@ -147,8 +148,26 @@ cdef class IOLoop(CoreLoop):
         if w.idle() and self.watches.get(w.fd) is w:
             del self.watches[w.fd]
 
+    cdef FdWatch find_watch(self, fileobj):
+        """The watch registered for fileobj: by its fd, or, once the object is closed (its
+        fileno() is -1), by the object itself, as asyncio's selector finds its key."""
+        cdef FdWatch w
+        try:
+            return self.watches.get(fileobj_to_fd(fileobj))
+        except ValueError:
+            for w in self.watches.values():
+                # Registered still, as a selector key lives while it has a callback.
+                if w.fileobj is fileobj and (w.reader is not None or w.writer is not None):
+                    return w
+            raise
+
     def _ensure_fd_no_transport(self, fd):
-        fileno = fileobj_to_fd(fd)
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
         transport = self._transports.get(fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(
@@ -161,6 +180,7 @@ cdef class IOLoop(CoreLoop):
             self._check_callback(callback, 'add_writer' if for_write else 'add_reader')
         cdef FdWatch w = self.watch_for(fileno)
         cdef Handle h = self.new_handle(callback, args, None)
+        w.fileobj = fd
         cdef WatchPoll poll
         if for_write:
             if w.writer is not None:
@@ -179,8 +199,7 @@ cdef class IOLoop(CoreLoop):
     cdef bint remove_watch(self, fd, bint for_write) except -1:
         if self.closed_flag:
             return False
-        cdef int fileno = fileobj_to_fd(fd)
-        cdef FdWatch w = self.watches.get(fileno)
+        cdef FdWatch w = self.find_watch(fd)
         if w is None:
             return False
         cdef Handle h = w.writer if for_write else w.reader

@@ -1075,7 +1075,8 @@ class ReadPipeTransport(_PipeMixin, _TransportBase, _ReadingMixin, asyncio.ReadT
     __slots__ = ('_stream', '__weakref__', '__dict__')
 
 
-class WritePipeTransport(_PipeMixin, _TransportBase, _WritingMixin, asyncio.WriteTransport):
+class WritePipeTransport(_PipeMixin, _TransportBase, _WritingMixin,
+                         _transports._FlowControlMixin):
     """The write end of a pipe (or FIFO, socket, character device) driven by io_uring."""
     # __dict__ as on asyncio's transports: code (CPython's tests among it) sets attributes.
     __slots__ = ('_stream', '__weakref__', '__dict__')
