@@ -70,3 +70,22 @@ def no_fd_leak(request):
         pytest.fail('%s leaked %d file descriptor(s): %s' % (
             request.node.nodeid, len(leaked),
             ', '.join('%d -> %s' % item for item in sorted(leaked.items()))), pytrace=False)
+
+
+def pytest_addoption(parser):
+    parser.addoption('--soak', action='store_true',
+                     help='also run the long soak tests (marker: soak)')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'soak: long-running soak test, run with --soak')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Soak tests take minutes: they are deselected unless --soak asks for them."""
+    if config.getoption('--soak'):
+        return
+    kept = [item for item in items if 'soak' not in item.keywords]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if 'soak' in i.keywords])
+        items[:] = kept
