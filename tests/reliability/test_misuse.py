@@ -118,7 +118,44 @@ def server_with_host_and_sock(loop):
         sock.close()
 
 
+def on_socket(action):
+    """action(loop, sock) returns an awaitable on one end of a non-blocking socketpair."""
+    def case(loop):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+
+        async def main():
+            try:
+                await action(loop, a)
+            except Exception as exc:
+                return type(exc)
+            return None
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            a.close()
+            b.close()
+    return case
+
+
+def recv_on_closed(loop, sock):
+    sock.close()
+    return loop.sock_recv(sock, 10)
+
+
+def recv_blocking_in_debug(loop, sock):
+    sock.setblocking(True)
+    loop.set_debug(True)
+    return loop.sock_recv(sock, 10)
+
+
 CASES = {
+    'sock_sendall str': on_socket(lambda loop, s: loop.sock_sendall(s, 'text')),
+    'sock_recv_into bytes': on_socket(lambda loop, s: loop.sock_recv_into(s, b'xx')),
+    'sock_recv negative size': on_socket(lambda loop, s: loop.sock_recv(s, -1)),
+    'sock_recv closed socket': on_socket(recv_on_closed),
+    'sock_recv blocking socket in debug': on_socket(recv_blocking_in_debug),
+    'sock_accept not listening': on_socket(lambda loop, s: loop.sock_accept(s)),
     'write str': on_transport(lambda t: t.write('text')),
     'write bytearray': on_transport(lambda t: t.write(bytearray(b'ok'))),
     'write int': on_transport(lambda t: t.write(5)),
