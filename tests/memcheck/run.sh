@@ -24,6 +24,7 @@ SAN="-fsanitize=address -fno-omit-frame-pointer -g -O1"
 [ -e "$LIBASAN" ] || { echo "memcheck: $CC has no libasan ($LIBASAN)" >&2; exit 2; }
 LIBASAN=$(readlink -f "$LIBASAN")
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export URINGLOOP_MEMCHECK=1   # tests/reliability: RSS says nothing under ASan's quarantine
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
 echo "== C ring layer (tests/c/ring_check.c) under ASan and UBSan"
