@@ -219,6 +219,7 @@ def main():
     parser.add_argument('--timeout-per-test', type=float, default=30)
     parser.add_argument('--module-timeout', type=float, default=600)
     parser.add_argument('--json', help='write every test result to this file')
+    parser.add_argument('--logs', help='keep each module\'s output in this directory')
     parser.add_argument('-v', '--verbose', action='store_true', help='list every failure')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--module', help=argparse.SUPPRESS)
@@ -232,11 +233,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix='uvloop-suite-') as workdir:
         sdist = fetch_sdist(workdir)
         modules = args.modules.split(',') if args.modules else module_names(sdist)
+        logdir = args.logs or workdir
+        os.makedirs(logdir, exist_ok=True)
         everything = {}
         for loop in args.loop.split(','):
             everything[loop] = {}
             for module in modules:
-                results = run_module(loop, module, args, sdist, workdir)
+                results = run_module(loop, module, args, sdist, logdir)
                 everything[loop].update(results)
                 counts = collections.Counter(s for s, _ in results.values())
                 print('%-10s %-22s %s' % (loop, module, ' '.join(
