@@ -63,7 +63,9 @@ status=$?
 set -e
 if [ $status -eq 0 ]; then
     echo "== memcheck: passed, no AddressSanitizer report (work directory: $WORK)"
+elif [ $status -ge 128 ]; then
+    echo "== memcheck: ABORTED (status $status): the AddressSanitizer report is above"
 else
-    echo "== memcheck: FAILED with status $status (an ASan report above aborts the run)"
+    echo "== memcheck: no AddressSanitizer report, but tests failed (pytest status $status)"
 fi
 exit $status
