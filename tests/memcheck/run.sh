@@ -4,6 +4,7 @@
 #
 #   tests/memcheck/run.sh                  # C test, then the default Python suites
 #   tests/memcheck/run.sh tests/test_core.py -k timer    # C test, then these pytest arguments
+#   MEMCHECK_UVLOOP_SUITE=1 tests/memcheck/run.sh        # and then uvloop's suite on uringloop
 #
 # The extension is rebuilt with -fsanitize=address into a scratch directory (the working copy's
 # own build is left alone) and imported from there, with libasan preloaded into CPython, which
@@ -61,6 +62,16 @@ assert uringloop._core.__file__.startswith(sys.path[0]), uringloop._core.__file_
 raise SystemExit(pytest.main(sys.argv[1:]))' "$WORK/lib" -q -p no:cacheprovider "$@"
 status=$?
 set -e
+if [ $status -eq 0 ] && [ -n "${MEMCHECK_UVLOOP_SUITE:-}" ]; then
+    echo "== uvloop's suite on uringloop with the ASan build"
+    # Its children run outside the working copy, so PYTHONPATH puts the ASan build first.
+    PYTHONPATH="$WORK/lib" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc "$PYTHON" \
+        "$ROOT/tests/conformance/run_uvloop_suite.py" --loop uringloop -v --logs "$WORK/uvloop-logs"
+    status=$?
+    if grep -l "ERROR: AddressSanitizer" "$WORK"/uvloop-logs/*.log; then
+        status=134
+    fi
+fi
 if [ $status -eq 0 ]; then
     echo "== memcheck: passed, no AddressSanitizer report (work directory: $WORK)"
 elif [ $status -ge 128 ]; then
