@@ -193,7 +193,8 @@ script="cd $(printf %q "$PROJECT") && exec $cmdline"
 encoded=$(printf '%s' "$script" | base64 -w0)
 [ ${#encoded} -lt 1500 ] || die "the command is too long for the kernel command line"
 
-LOG=$KDIR/last-run.log
+# A log of its own per run: several runs may share the cache (and the kernel) at once.
+LOG=$(mktemp "$KDIR/run.XXXXXX.log")
 say "booting $KVER under qemu (TCG, $MEM, 2 vCPUs, at most ${TIME_LIMIT}s); log: $LOG"
 set +e
 timeout --foreground -k 10 "$TIME_LIMIT" qemu-system-x86_64 \
@@ -207,6 +208,8 @@ timeout --foreground -k 10 "$TIME_LIMIT" qemu-system-x86_64 \
 qemu_status=${PIPESTATUS[0]}
 set -e
 elapsed=$(( $(date +%s) - T0 ))
+mv -f "$LOG" "$KDIR/last-run.log"
+LOG=$KDIR/last-run.log
 if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
     say "timed out after ${TIME_LIMIT}s (kernel $KVER)"
     exit 124
