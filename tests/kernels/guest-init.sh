@@ -31,11 +31,13 @@ for d in /tmp /var/tmp /run; do
 done
 ip link set lo up
 
-# uringloop.cmd=<base64 of a shell command line>
+# uringloop.cmd=<base64 of a shell command line>; uringloop.nofile=<the host's open-file limit>
+# (the kernel starts init with 1024, too few for the tests that open a thousand connections)
 cmd=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         uringloop.cmd=*) cmd=$(echo "${word#uringloop.cmd=}" | base64 -d) ;;
+        uringloop.nofile=*) ulimit -n "${word#uringloop.nofile=}" ;;
     esac
 done
 echo "guest: kernel $(uname -r), running: $cmd"

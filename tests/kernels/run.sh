@@ -129,7 +129,7 @@ fi
 
 # 2. The initramfs (rebuilt when this script changes).
 INITRD=$KDIR/initrd-$KVER.gz
-stamp=$(md5sum "$0" | cut -d' ' -f1)
+stamp=$(cat "$0" "$(dirname "$0")/guest-init.sh" | md5sum | cut -d' ' -f1)
 if [ ! -e "$INITRD" ] || [ "$(cat "$KDIR/.initrd-stamp" 2>/dev/null)" != "$stamp" ]; then
     say "building the initramfs for $KVER"
     IR=$KDIR/initramfs
@@ -203,7 +203,7 @@ timeout --foreground -k 10 "$TIME_LIMIT" qemu-system-x86_64 \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
     -device virtio-rng-pci \
-    -append "console=ttyS0 panic=-1 edd=off quiet loglevel=3 random.trust_cpu=on uringloop.cmd=$encoded" \
+    -append "console=ttyS0 panic=-1 edd=off quiet loglevel=3 random.trust_cpu=on uringloop.cmd=$encoded uringloop.nofile=$(ulimit -n)" \
     < /dev/null 2>&1 | sed -u 's/\r$//' | tee "$LOG"
 qemu_status=${PIPESTATUS[0]}
 set -e
