@@ -10,7 +10,7 @@ from Cython.Build import cythonize
 
 core = Extension(
     "uringloop._core",
-    sources=["uringloop/_core.pyx", "uringloop/ring.c"],
+    sources=["uringloop/_core.pyx", "uringloop/ring.c", "uringloop/kernel_features.c"],
     include_dirs=["uringloop", "uringloop/includes"],
     extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wno-unused-function"],
 )

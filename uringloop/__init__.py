@@ -14,9 +14,10 @@ import sys as _sys
 
 from uringloop._core import (SurfacesLoop as _CoreLoop, IoUringUnavailable, RingStats, Support,
                              check_support)
+from uringloop._core import KernelFeatures, kernel_features
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run', 'check_support',
-           'IoUringUnavailable', 'RingStats', 'Support')
+           'IoUringUnavailable', 'RingStats', 'Support', 'KernelFeatures', 'kernel_features')
 __version__ = '0.1.0'
 
 

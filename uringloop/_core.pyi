@@ -1,6 +1,6 @@
 # Type stubs for the compiled core: what editors and mypy see of uringloop._core.
 import asyncio
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, FrozenSet, NamedTuple, Optional
 
 
 class RingStats(NamedTuple):
@@ -27,6 +27,33 @@ class IoUringUnavailable(RuntimeError):
 
 
 def check_support() -> Support: ...
+
+
+class KernelFeatures(NamedTuple):
+    release: str
+    available: bool
+    error: Optional[str]
+    setup_errno: int
+    setup_features: int
+    opcodes: FrozenSet[str]
+    single_issuer: bool
+    defer_taskrun: bool
+    no_sqarray: bool
+    ext_arg: bool
+    nodrop: bool
+    min_timeout: bool
+    pbuf_ring: bool
+    pbuf_status: bool
+    recv_multishot: bool
+    accept_multishot: bool
+    read_multishot: bool
+    resize_rings: bool
+
+
+def kernel_features() -> KernelFeatures: ...
+def missing_kernel_features(features: Optional[KernelFeatures] = ...) -> list: ...
+def unsupported_kernel_error(
+    features: Optional[KernelFeatures] = ...) -> Optional[IoUringUnavailable]: ...
 
 
 class CoreLoop(asyncio.BaseEventLoop):

@@ -35,6 +35,7 @@ Support = collections.namedtuple('Support', 'ok reason')
 
 include "ring.pyx"
 include "support.pyx"
+include "features.pyx"
 include "ops.pyx"
 include "handles.pyx"
 include "loop.pyx"
