@@ -244,7 +244,7 @@ def test_create_connection_ssl_and_start_tls(loop, server_ctx, client_ctx):  # n
         transport.write(b'ping')
         await asyncio.wait_for(proto.lost, 10)
         # start_tls on a plain connection.
-        plain = await in_context('server', asyncio.start_server(
+        plain = await in_context('server', loop.create_server(
             _starttls_echo(server_ctx), '127.0.0.1', 0))
         cv.set('start-tls')
         transport, proto = await loop.create_connection(
@@ -266,13 +266,36 @@ def test_create_connection_ssl_and_start_tls(loop, server_ctx, client_ctx):  # n
 
 
 def _starttls_echo(server_ctx):  # noqa: F811
-    async def handler(reader, writer):
-        assert await reader.readexactly(8) == b'STARTTLS'
-        await writer.start_tls(server_ctx)
-        writer.write(await reader.readexactly(4))
-        await writer.drain()
-        writer.close()
-    return handler
+    """A server that upgrades on b'STARTTLS', echoes the first TLS message and closes
+    (protocol-based: StreamWriter.start_tls() is 3.11+)."""
+    class Upgrading(asyncio.Protocol):
+        upgrading = False
+        tls = None
+
+        def connection_made(self, transport):
+            self.transport = transport
+            self.early = []
+
+        def data_received(self, data):
+            if not self.upgrading and data == b'STARTTLS':
+                self.upgrading = True
+                asyncio.get_running_loop().create_task(self.upgrade())
+            elif self.tls is None:
+                self.early.append(data)   # TLS data before start_tls() has returned
+            else:
+                self.echo(data)
+
+        async def upgrade(self):
+            self.tls = await asyncio.get_running_loop().start_tls(
+                self.transport, self, server_ctx, server_side=True)
+            if self.early:
+                self.echo(b''.join(self.early))
+
+        def echo(self, data):
+            self.tls.write(data)
+            self.tls.close()
+
+    return Upgrading
 
 
 class ProcessRecorder(asyncio.SubprocessProtocol):
