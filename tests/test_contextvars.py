@@ -260,7 +260,9 @@ def test_create_connection_ssl_and_start_tls(loop, server_ctx, client_ctx):  # n
             await s.wait_closed()
 
     loop.run_until_complete(main())
-    assert_all(seen_tls, 'tls-conn', ('protocol_factory',) + STREAM_CALLBACKS)
+    # (3.10's SSL protocol does not pass the peer's close_notify on as eof_received.)
+    assert_all(seen_tls, 'tls-conn', ('protocol_factory', 'connection_made', 'data_received',
+                                      'connection_lost'))
     assert_all(seen_start, 'start-tls', ('protocol_factory', 'connection_made',
                                          'data_received', 'connection_lost'))
 
