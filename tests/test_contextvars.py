@@ -447,49 +447,69 @@ def test_data_after_pause_and_resume(loop):
     assert_all(seen, 'paused', ('protocol_factory',) + STREAM_CALLBACKS)
 
 
+UVICORN_SCRIPT = r"""
+import asyncio, contextvars, socket, sys
+import uvicorn
+import uringloop
+
+cv = contextvars.ContextVar('cv', default='MISSING')
+
+
+async def app(scope, receive, send):
+    if scope['type'] != 'http':
+        return
+    body = cv.get().encode()
+    await send({'type': 'http.response.start', 'status': 200,
+                'headers': [(b'content-type', b'text/plain'),
+                            (b'content-length', str(len(body)).encode())]})
+    await send({'type': 'http.response.body', 'body': body})
+
+
+async def main(http):
+    cv.set('before uvicorn')
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    config = uvicorn.Config(app, http=http, lifespan='off', log_level='warning')
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    cv.set('after')
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.write(b'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+    return response
+
+
+factory = uringloop.new_event_loop if sys.argv[1] == 'uringloop' else asyncio.new_event_loop
+loop = factory()
+assert type(loop).__module__.startswith(sys.argv[1]), type(loop)
+try:
+    sys.stdout.buffer.write(loop.run_until_complete(main(sys.argv[2])))
+finally:
+    loop.close()
+"""
+
+
 @pytest.mark.parametrize('http', ['h11', 'httptools'])
 def test_uvicorn_app_sees_context_set_before_serving(loop, http):
     """uvicorn (reset_contextvars off, its default) starts each request's ASGI task from its
-    protocol's data_received(): the app sees the context the server was started in."""
-    uvicorn = pytest.importorskip('uvicorn')
+    protocol's data_received(): the app sees the context the server was started in. Run in a
+    child Python: uvicorn's serve() takes over the process's signal handlers meanwhile."""
+    pytest.importorskip('uvicorn')
     pytest.importorskip(http)
-
-    async def app(scope, receive, send):
-        if scope['type'] != 'http':
-            return
-        body = cv.get().encode()
-        await send({'type': 'http.response.start', 'status': 200,
-                    'headers': [(b'content-type', b'text/plain'),
-                                (b'content-length', str(len(body)).encode())]})
-        await send({'type': 'http.response.body', 'body': body})
-
-    async def main():
-        cv.set('before uvicorn')
-        config = uvicorn.Config(app, host='127.0.0.1', port=0, http=http, lifespan='off',
-                                log_level='warning')
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[_listener()]))
-        cv.set('after')
-        try:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection('127.0.0.1', port)
-            writer.write(b'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
-            response = await asyncio.wait_for(reader.read(), 10)
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 10)
-        return response
-
-    response = loop.run_until_complete(main())
+    kind = 'uringloop' if is_uring(loop) else 'asyncio'
+    result = subprocess.run([PY, '-c', UVICORN_SCRIPT, kind, http], capture_output=True,
+                            timeout=60, cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+    response = result.stdout
+    assert result.returncode == 0, result.stderr.decode(errors='replace')
     assert response.startswith(b'HTTP/1.1 200'), response
     assert response.endswith(b'\r\n\r\nbefore uvicorn'), response
-
-
-def _listener():
-    sock = socket.socket()
-    sock.bind(('127.0.0.1', 0))
-    return sock
