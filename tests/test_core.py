@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -319,8 +320,13 @@ def test_run_in_executor_default_and_custom(loop):
         tid = loop.run_until_complete(loop.run_in_executor(None, threading.get_ident))
         assert tid != threading.get_ident()
     if sys.version_info >= (3, 11):    # a deprecation warning before 3.11
-        with pytest.raises(TypeError):
-            loop.set_default_executor(concurrent.futures.ProcessPoolExecutor())
+        # The 'fork' context: it starts no process until work is submitted, while 3.14's
+        # default (forkserver) leaves a server child behind for the rest of the session.
+        import multiprocessing
+        with concurrent.futures.ProcessPoolExecutor(
+                mp_context=multiprocessing.get_context('fork')) as pool:
+            with pytest.raises(TypeError):
+                loop.set_default_executor(pool)
 
 
 def test_shutdown_default_executor(loop):
@@ -438,6 +444,7 @@ def test_run_debug_flag():
     assert uringloop.run(main(), debug=False) is False
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason='asyncio policies are deprecated')
 def test_policy_and_install():
     old = asyncio.get_event_loop_policy()
     try:
@@ -450,6 +457,39 @@ def test_policy_and_install():
             loop.close()
     finally:
         asyncio.set_event_loop_policy(old)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason='asyncio policies deprecated in 3.14')
+def test_install_deprecated_like_asyncio_policies():
+    # From 3.14 install() still works for old programs but says what replaces it, and the
+    # policy class is only built (with the same warning) when asked for.
+    old = asyncio.events._get_event_loop_policy()
+    try:
+        with pytest.warns(DeprecationWarning, match='uringloop.run'):
+            uringloop.install()
+        policy = asyncio.events._get_event_loop_policy()
+        with pytest.warns(DeprecationWarning, match='loop_factory'):
+            assert isinstance(policy, uringloop.EventLoopPolicy)
+        loop = asyncio.new_event_loop()
+        try:
+            assert isinstance(loop, uringloop.Loop)
+        finally:
+            loop.close()
+    finally:
+        asyncio.events._set_event_loop_policy(old)
+    assert 'EventLoopPolicy' not in uringloop.__all__
+
+
+def test_import_warns_about_nothing():
+    # Run in a fresh interpreter: the import of uringloop and a loop's life, with every
+    # DeprecationWarning an error.
+    code = ('import asyncio, uringloop\n'
+            'uringloop.run(asyncio.sleep(0))\n'
+            'loop = uringloop.new_event_loop()\n'
+            'loop.add_signal_handler(10, print)\n'
+            'loop.close()\n')
+    subprocess.run([sys.executable, '-W', 'error::DeprecationWarning', '-c', code],
+                   check=True, timeout=60)
 
 
 def test_loop_in_another_thread_than_created():
@@ -593,3 +633,13 @@ def test_close_with_readers_registered_on_ready_fds_is_prompt():
     for a, b in pairs:
         a.close()
         b.close()
+
+
+def test_refuses_a_free_threaded_python_without_gil(monkeypatch):
+    # A free-threaded CPython with the GIL forced off: the loop refuses clearly instead of
+    # running its unlocked state from several threads.
+    monkeypatch.setattr(sys, '_is_gil_enabled', lambda: False, raising=False)
+    with pytest.raises(RuntimeError, match='needs the GIL'):
+        uringloop.new_event_loop()
+    monkeypatch.setattr(sys, '_is_gil_enabled', lambda: True, raising=False)
+    uringloop.new_event_loop().close()

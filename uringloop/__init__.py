@@ -28,8 +28,22 @@ class Loop(_CoreLoop, _asyncio.BaseEventLoop):
     """
 
     def __init__(self) -> None:
+        _check_gil()
         _CoreLoop.__init__(self)
         _asyncio.BaseEventLoop.__init__(self)
+
+
+def _check_gil() -> None:
+    # On a free-threaded CPython, importing uringloop turns the GIL back on (the extension
+    # does not declare itself free-threading safe: a loop's state is shared with
+    # call_soon_threadsafe() and executor threads without locks). Only a GIL forced off
+    # (PYTHON_GIL=0, -X gil=0) gets here without it: refuse rather than race.
+    is_gil_enabled = getattr(_sys, '_is_gil_enabled', None)
+    if is_gil_enabled is not None and not is_gil_enabled():
+        raise RuntimeError(
+            'uringloop needs the GIL: this free-threaded Python runs with the GIL forced off '
+            '(PYTHON_GIL=0 or -X gil=0). Run it without forcing the GIL off: importing '
+            'uringloop then enables the GIL, and the loop works as on a default build.')
 
 
 def new_event_loop() -> Loop:
@@ -37,19 +51,66 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
-    """An asyncio event loop policy whose loops are uringloop loops.
+if _sys.version_info < (3, 14):
+    class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
+        """An asyncio event loop policy whose loops are uringloop loops.
 
-        asyncio.set_event_loop_policy(uringloop.EventLoopPolicy())
-    """
+            asyncio.set_event_loop_policy(uringloop.EventLoopPolicy())
+        """
 
-    def _loop_factory(self) -> Loop:
-        return new_event_loop()
+        def _loop_factory(self) -> Loop:
+            return new_event_loop()
 
+    def install() -> None:
+        """Make uringloop the loop that asyncio creates by default (sets the policy)."""
+        _asyncio.set_event_loop_policy(EventLoopPolicy())
 
-def install() -> None:
-    """Make uringloop the loop that asyncio creates by default (sets the policy)."""
-    _asyncio.set_event_loop_policy(EventLoopPolicy())
+else:
+    # asyncio's policies are deprecated from 3.14 and go in 3.16: the replacement is a loop
+    # factory (uringloop.run(), asyncio.run(..., loop_factory=...), asyncio.Runner). The
+    # policy class is built on first use, with asyncio's own warning, so that importing
+    # uringloop warns about nothing.
+    __all__ = tuple(name for name in __all__ if name != 'EventLoopPolicy')
+    _policy_class = None
+
+    def _event_loop_policy_class():
+        global _policy_class
+        if _policy_class is None:
+            class EventLoopPolicy(_asyncio.events._BaseDefaultEventLoopPolicy):
+                """An asyncio event loop policy whose loops are uringloop loops (deprecated,
+                as asyncio's policies are, since Python 3.14)."""
+
+                def _loop_factory(self) -> Loop:
+                    return new_event_loop()
+
+            EventLoopPolicy.__module__ = __name__
+            _policy_class = EventLoopPolicy
+        return _policy_class
+
+    def __getattr__(name):
+        if name == 'EventLoopPolicy':
+            import warnings
+            warnings.warn('uringloop.EventLoopPolicy is deprecated, as asyncio\'s policies are '
+                          'since Python 3.14; use uringloop.run() or '
+                          'asyncio.run(main, loop_factory=uringloop.new_event_loop)',
+                          DeprecationWarning, stacklevel=2)
+            return _event_loop_policy_class()
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+    def install() -> None:
+        """Make uringloop the loop that asyncio creates by default (sets the policy).
+
+        Deprecated since Python 3.14, with asyncio's policies: use uringloop.run(main()),
+        asyncio.run(main(), loop_factory=uringloop.new_event_loop) or
+        asyncio.Runner(loop_factory=uringloop.new_event_loop) instead.
+        """
+        import warnings
+        warnings.warn('uringloop.install() is deprecated, as asyncio\'s policies are since '
+                      'Python 3.14; use uringloop.run(main()) or '
+                      'asyncio.run(main(), loop_factory=uringloop.new_event_loop)',
+                      DeprecationWarning, stacklevel=2)
+        # The private setter: the public one would warn a second time, from here.
+        _asyncio.events._set_event_loop_policy(_event_loop_policy_class()())
 
 
 def run(main, *, debug=None):

@@ -10,7 +10,8 @@ cdef extern from "Python.h":
     int PyContext_Exit(object) except -1
     object PyObject_CallNoArgs(object)
     object PyObject_CallOneArg(object, object)
-    object PyObject_Call(object, object, object)
+    # kwargs is a C pointer: NULL means none. Passing None there crashes CPython 3.14.
+    object PyObject_Call(object, object, PyObject *kwargs)
     object PyContext_CopyCurrent()
 
 
@@ -37,7 +38,7 @@ cdef class Handle:
             elif nargs == 1:
                 PyObject_CallOneArg(callback, args[0])
             else:
-                PyObject_Call(callback, args, None)
+                PyObject_Call(callback, args, NULL)
         except BaseException as exc:
             error = exc
         finally:

@@ -23,6 +23,7 @@ cdef class PidfdPoll(Operation):
     """POLL_ADD on a child's pidfd: completes once the child has exited."""
     cdef object transport
     cdef int pidfd
+    cdef object context            # the creating call's: process_exited() runs in it
 
     cdef int arm(self) except -1:
         self.prepare_poll(self.pidfd, POLLIN_)
@@ -41,7 +42,7 @@ cdef class PidfdPoll(Operation):
         self.cancelling = False
         transport = self.transport
         if transport is not None:
-            transport._pidfd_ready(res)
+            self.context.run(transport._pidfd_ready, res)
         return 0
 
 
@@ -81,6 +82,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             op.loop = <CoreLoop>self._loop
             op.transport = self
             op.pidfd = self._pidfd
+            op.context = contextvars.copy_context()
             self._exit_poll = op
         if op.generation == 0:
             op.arm()

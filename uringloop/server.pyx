@@ -34,6 +34,7 @@ cdef class AcceptOp(Operation):
     cdef bint stopped
     cdef bint backing_off          # re-arm from a timer, not from the final CQE
     cdef object retry_handle
+    cdef object context            # contextvars context each connection's is copied from
 
     cdef int arm(self) except -1:
         cdef io_uring_sqe *sqe = self.prepare()
@@ -109,6 +110,16 @@ cdef class AcceptOp(Operation):
         return 0
 
     cdef int accepted(self, int fd) except -1:
+        # Each connection gets a copy of the server's context, as asyncio accepts each one in
+        # a task of its own: protocol_factory() and the protocol's callbacks run in it.
+        cdef object context = self.context.copy()
+        PyContext_Enter(context)
+        try:
+            return self.accepted_in(fd, context)
+        finally:
+            PyContext_Exit(context)
+
+    cdef int accepted_in(self, int fd, context) except -1:
         cdef SocketLoop loop = <SocketLoop>self.loop
         listener = self.sock
         try:
@@ -122,11 +133,11 @@ cdef class AcceptOp(Operation):
             peer = None
         extra = {'peername': peer}
         if self.sslcontext is not None:
-            loop.create_task(_accept_tls(loop, self, conn, extra))
+            loop.create_task(_accept_tls(loop, self, conn, extra, context))
             return 0
         try:
             protocol = self.protocol_factory()
-            new_socket_transport(loop, conn, protocol, None, extra, self.server)
+            new_socket_transport(loop, conn, protocol, None, extra, self.server, context)
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise
@@ -139,7 +150,7 @@ cdef class AcceptOp(Operation):
         return 0
 
 
-async def _accept_tls(SocketLoop loop, AcceptOp op, conn, extra):
+async def _accept_tls(SocketLoop loop, AcceptOp op, conn, extra, context):
     protocol = None
     transport = None
     try:
@@ -148,7 +159,7 @@ async def _accept_tls(SocketLoop loop, AcceptOp op, conn, extra):
         transport = loop._make_ssl_transport(
             conn, protocol, op.sslcontext, waiter=waiter, server_side=True, extra=extra,
             server=op.server, ssl_handshake_timeout=op.ssl_handshake_timeout,
-            ssl_shutdown_timeout=op.ssl_shutdown_timeout)
+            ssl_shutdown_timeout=op.ssl_shutdown_timeout, context=context)
         try:
             await waiter
         except BaseException:

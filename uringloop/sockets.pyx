@@ -336,9 +336,11 @@ cdef class SocketLoop(IOLoop):
 
     # -- transports ---------------------------------------------------------------------------
 
+    # `context` (passed by asyncio from 3.15): the contextvars context the protocol's
+    # callbacks run in; without it, a copy of the current one, as asyncio did before.
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None,
-                               server=None):
-        return new_socket_transport(self, sock, protocol, waiter, extra, server)
+                               server=None, context=None):
+        return new_socket_transport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return new_pipe_transport(self, pipe, protocol, waiter, extra, True)
@@ -349,14 +351,17 @@ cdef class SocketLoop(IOLoop):
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
                             server_side=False, server_hostname=None, extra=None,
                             server=None, ssl_handshake_timeout=None,
-                            ssl_shutdown_timeout=None):
+                            ssl_shutdown_timeout=None, call_connection_made=True,
+                            context=None):
         from asyncio import sslproto
         kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
         if sys.version_info >= (3, 11):
             kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
         ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
-                                            server_hostname, **kwargs)
-        new_socket_transport(self, rawsock, ssl_protocol, None, extra, server)
+                                            server_hostname,
+                                            call_connection_made=call_connection_made,
+                                            **kwargs)
+        new_socket_transport(self, rawsock, ssl_protocol, None, extra, server, context)
         return ssl_protocol._app_transport
 
     async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None,
@@ -462,9 +467,13 @@ cdef class SocketLoop(IOLoop):
     # -- servers ------------------------------------------------------------------------------
 
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
-                       backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+                       backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                       context=None):
         cdef AcceptOp op = AcceptOp.__new__(AcceptOp)
         op.loop = self
+        # Each accepted connection runs in a copy of this context (asyncio's Server passes
+        # its own from 3.15; before, asyncio's accept handler captured the current one).
+        op.context = PyContext_CopyCurrent() if context is None else context
         op.sock = sock
         op.fd = sock.fileno()
         op.protocol_factory = protocol_factory

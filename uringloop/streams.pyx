@@ -82,8 +82,19 @@ def _set_write_path(path):
 cdef object PROTOCOL_FAILED = object()
 
 
-def _call_soon_later(loop, callback, args):
-    loop.call_soon(callback, *args)
+def _call_soon_later(loop, callback, args, context):
+    loop.call_soon(callback, *args, context=context)
+
+
+cdef inline bint enter_context(context) except -1:
+    """Enter a transport's contextvars context around a completion. False when it is
+    already the current one (a completion reaped from inside one of its own callbacks):
+    a context cannot be entered twice, and the callbacks then run in it anyway."""
+    try:
+        PyContext_Enter(context)
+    except RuntimeError:
+        return False
+    return True
 
 
 cdef class StreamOp(Operation):
@@ -94,11 +105,16 @@ cdef class StreamOp(Operation):
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
         cdef SocketLoop loop = <SocketLoop>self.loop
+        # The protocol's callbacks run in the transport's context, as asyncio runs them.
+        cdef object context = self.stream.context
+        cdef bint entered = enter_context(context)
         loop.in_completion = True
         try:
             return self.handle(res, flags, final)
         finally:
             loop.in_completion = False
+            if entered:
+                PyContext_Exit(context)
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         return 0
@@ -448,6 +464,8 @@ cdef class Stream:
     cdef Py_ssize_t low_water
     cdef object server
     cdef object empty_waiter
+    cdef object context            # contextvars context of the creating call: protocol
+                                   # callbacks run in it (asyncio since 3.11, explicit in 3.15)
 
     def __cinit__(self):
         self.wbuf = []
@@ -457,8 +475,9 @@ cdef class Stream:
         self.low_water = 16 * 1024
 
     cdef int init(self, SocketLoop loop, transport, sock, int fd, StreamKind kind,
-                  protocol, server) except -1:
+                  protocol, server, context) except -1:
         self.loop = loop
+        self.context = PyContext_CopyCurrent() if context is None else context
         self.transport = transport
         self.sock = sock
         self.fd = fd
@@ -480,9 +499,10 @@ cdef class Stream:
         asyncio would be running the fd's I/O callback), the callback runs in the next
         iteration, not in the one that is handling the completion."""
         if self.loop.in_completion:
-            self.loop.call_soon(_call_soon_later, self.loop, callback, args)
+            self.loop.call_soon(_call_soon_later, self.loop, callback, args, self.context,
+                                context=self.context)
         else:
-            self.loop.call_soon(callback, *args)
+            self.loop.call_soon(callback, *args, context=self.context)
 
     cdef set_protocol(self, protocol):
         self.protocol = protocol
@@ -607,7 +627,7 @@ cdef class Stream:
             return
         self.paused = False
         if self.held or self.held_eof:
-            self.loop.call_soon(self.deliver_held)
+            self.loop.call_soon(self.deliver_held, context=self.context)
         self.start_reading()
         if self.loop.debug_flag:
             logger.debug("%r resumes reading", self.transport)
@@ -1086,7 +1106,8 @@ class WritePipeTransport(_PipeMixin, _TransportBase, _WritingMixin,
         return True
 
 
-cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra, server):
+cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra, server,
+                                 context=None):
     cdef Stream s = Stream.__new__(Stream)
     transport = SocketTransport.__new__(SocketTransport)
     transport._extra = {} if extra is None else extra
@@ -1105,14 +1126,14 @@ cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra,
             ext['peername'] = None
     base_events._set_nodelay(sock)
     fd = sock.fileno()
-    s.init(loop, transport, sock, fd, KIND_SOCKET, protocol, server)
+    s.init(loop, transport, sock, fd, KIND_SOCKET, protocol, server, context)
     loop._transports[fd] = transport
     if server is not None:
         _server_attach(server, transport)
-    loop.call_soon(protocol.connection_made, transport)
-    loop.call_soon(s.start_reading)
+    loop.call_soon(protocol.connection_made, transport, context=s.context)
+    loop.call_soon(s.start_reading, context=s.context)
     if waiter is not None:
-        loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=s.context)
     return transport
 
 
@@ -1133,18 +1154,18 @@ cdef object new_pipe_transport(SocketLoop loop, pipe, protocol, waiter, extra, b
     transport._stream = s
     os.set_blocking(fd, False)
     s.init(loop, transport, pipe, fd, KIND_READ_PIPE if reading else KIND_WRITE_PIPE,
-           protocol, None)
+           protocol, None, None)
     loop._transports[fd] = transport
-    loop.call_soon(protocol.connection_made, transport)
+    loop.call_soon(protocol.connection_made, transport, context=s.context)
     if reading:
-        loop.call_soon(s.start_reading)
+        loop.call_soon(s.start_reading, context=s.context)
     elif is_socket or is_fifo:
         s.peer_watch = PeerWatch.__new__(PeerWatch)
         s.peer_watch.loop = loop
         s.peer_watch.stream = s
-        loop.call_soon(_arm_peer_watch, s)
+        loop.call_soon(_arm_peer_watch, s, context=s.context)
     if waiter is not None:
-        loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=s.context)
     return transport
 
 

@@ -1,6 +1,8 @@
 # Layer 4, the rest of the loop's surfaces: UDP, subprocesses, signals, TLS, sendfile.
 # Each surface lives in its own file, included here so that its cdef calls stay C calls.
 
+import inspect
+
 include "signals.pyx"
 include "udp.pyx"
 include "process.pyx"
@@ -75,7 +77,7 @@ cdef class SurfacesLoop(SocketLoop):
         Raise ValueError if the signal number is invalid or uncatchable.
         Raise RuntimeError if there is a problem setting up the handler.
         """
-        if (asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback)):
+        if (asyncio.iscoroutine(callback) or inspect.iscoroutinefunction(callback)):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         check_signal(sig)
         self._check_closed()
