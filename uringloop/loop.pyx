@@ -28,8 +28,10 @@ cdef double MIN_CANCELLED_FRACTION = 0.5
 cdef long long DRAINING_WAIT_NS = 1000 * 1000
 # How many migrations one iteration entry may make while settling changes `pending`.
 cdef int MIGRATION_ATTEMPTS = 4
-# How long a migration waits at the iteration entry for the old ring's last completions.
-cdef double MIGRATION_SETTLE = 0.01
+# The most a migration waits at the iteration entry for the old ring's answers. Cancelled
+# armed operations answer at once; only work the kernel does off our thread (io-wq) can
+# take longer, and what is left then drains in later iterations.
+cdef double MIGRATION_SETTLE = 0.25
 # How long close() waits for cancelled operations to deliver their final CQE.
 cdef double DRAIN_TIMEOUT = 5.0
 
