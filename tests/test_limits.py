@@ -16,8 +16,7 @@ import uringloop
 
 from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
 
-# The kernel's largest SQ (IORING_MAX_ENTRIES); past it a ring cannot follow `pending` 1:1.
-KERNEL_SQ_MAX = 32768
+from scenarios.ring import KERNEL_SQ_MAX, ring_size_for
 
 
 def fd_budget():
@@ -27,15 +26,8 @@ def fd_budget():
     return hard - len(os.listdir('/proc/self/fd'))
 
 
-def next_power_of_two(n):
-    p = 1
-    while p < n:
-        p <<= 1
-    return p
-
-
 def check_ring_invariant(stats):
-    want = min(next_power_of_two(stats.pending + 1), KERNEL_SQ_MAX)
+    want = ring_size_for(stats.pending)
     assert stats.capacity == want, stats
     assert stats.cq_capacity == 2 * want, stats
 

@@ -16,18 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import uringloop
 
 
-KERNEL_SQ_MAX = 32768
-
-
-def next_power_of_two(n):
-    p = 1
-    while p < n:
-        p <<= 1
-    return p
-
-
-def ring_size_for(pending):
-    return min(next_power_of_two(pending + 1), KERNEL_SQ_MAX)
+from scenarios.ring import ring_size_for
 
 
 class Observer:
