@@ -178,6 +178,13 @@ CASES = {
         causes={"nosys"},
         needles=[("kernel",)],
     ),
+    # What a 5.x kernel answers to SINGLE_ISSUER|DEFER_TASKRUN.
+    "setup-EINVAL": Case(
+        rules=[(su.NR_io_uring_setup, errno.EINVAL)],
+        errno=errno.EINVAL,
+        causes={"old-kernel"},
+        needles=[("6.1",)],
+    ),
     "setup-ENOMEM": Case(
         rules=[(su.NR_io_uring_setup, errno.ENOMEM)],
         errno=errno.ENOMEM,

@@ -50,6 +50,13 @@ cdef class Ring:
         kernel can resize it in place (Linux 6.13+); a ring made by a migration inherits
         the answer instead."""
         cdef int err = ul_ring_init_sqarray(&self.r, entries, AS_OLDEST_KERNEL)
+        if err == -EINVAL:
+            # The setup flags were refused: name what this kernel lacks (5.x kernels).
+            try:
+                exc = unsupported_kernel_error()
+            except Exception:
+                exc = None
+            raise exc if exc is not None else unavailable_error(-err, "io_uring_setup")
         if err < 0:
             raise unavailable_error(-err, "io_uring_setup")
         if AS_OLDEST_KERNEL:
