@@ -4,6 +4,9 @@ test on asyncio's own loop and on uringloop."""
 
 import pytest
 
+# tests/apps/runners/ holds user suites that test_runners.py runs in a pytest of their own.
+collect_ignore = ['runners']
+
 from servers import PostgresServer, RedisServer
 
 
