@@ -1,16 +1,17 @@
-"""Fixtures of the application tests: one real PostgreSQL and one real Redis server for the
-whole session (started on first use), and `loop` (from tests/conftest.py), which runs every
-test on asyncio's own loop and on uringloop."""
+"""Fixtures of the application tests: a real PostgreSQL and a real Redis server for each test
+module that uses them (module-scoped, so that no server outlives its tests: other tests check
+that the pytest process has no child processes left), and `loop` (from tests/conftest.py),
+which runs every test on asyncio's own loop and on uringloop."""
 
 import pytest
+
+from servers import PostgresServer, RedisServer
 
 # tests/apps/runners/ holds user suites that test_runners.py runs in a pytest of their own.
 collect_ignore = ['runners']
 
-from servers import PostgresServer, RedisServer
 
-
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def postgres():
     server = PostgresServer()
     try:
@@ -20,7 +21,7 @@ def postgres():
         server.stop()
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def redis_server():
     server = RedisServer()
     try:
