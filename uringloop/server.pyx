@@ -7,6 +7,12 @@
 # connection stays in the kernel's backlog; like asyncio, the server reports it, stops
 # accepting for ACCEPT_RETRY_DELAY seconds and then re-arms, so it keeps serving once file
 # descriptors are free again.
+#
+# A listening socket shared by several processes (uvicorn --workers, gunicorn) queues their
+# ACCEPTs on its wait queue, and the kernel hands each new connection to the first exclusive
+# waiter: a multishot ACCEPT never leaves that queue, so the process that armed first would
+# get every connection. After each batch of connections the ACCEPT is therefore cancelled
+# and armed again, which puts it at the back of the queue behind the other processes'.
 
 cdef extern from "sys/socket.h":
     enum:
@@ -33,12 +39,14 @@ cdef class AcceptOp(Operation):
     cdef object ssl_shutdown_timeout
     cdef bint stopped
     cdef bint backing_off          # re-arm from a timer, not from the final CQE
+    cdef bint rotating             # our cancel, to re-arm behind other processes' ACCEPTs
     cdef object retry_handle
     cdef object context            # contextvars context each connection's is copied from
 
     cdef int arm(self) except -1:
         cdef io_uring_sqe *sqe = self.prepare()
         self.cancelling = False
+        self.rotating = False
         sqe.opcode = IORING_OP_ACCEPT
         sqe.fd = self.fd
         sqe.ioprio = IORING_ACCEPT_MULTISHOT
@@ -78,6 +86,9 @@ cdef class AcceptOp(Operation):
                     os.close(res)
                 else:
                     self.accepted(res)
+                    if not final and not self.cancelling:
+                        self.rotating = True
+                        self.cancel()
             elif res == -ECANCELED or self.stopped:
                 pass
             elif res == -EMFILE or res == -ENFILE or res == -ENOBUFS or res == -ENOMEM:
@@ -100,7 +111,7 @@ cdef class AcceptOp(Operation):
             # server keeps accepting once the loop runs again. A cancel that is not our own
             # back-off came from loop.close() (or stop()): done.
             if final and not self.stopped and not loop.closing_flag and \
-                    (res != -ECANCELED or self.backing_off):
+                    (res != -ECANCELED or self.backing_off or self.rotating):
                 if self.backing_off:
                     if self.retry_handle is None:
                         self.retry_handle = loop.call_later(_constants.ACCEPT_RETRY_DELAY,

@@ -47,7 +47,7 @@ cdef class SignalRead(Operation):
                     loop.deliver_signal(self.buf[i])
         # A handler added while the cancel of the previous READ was in flight found the record
         # still busy: re-arm here for it, whatever ended the old READ.
-        if (not loop.closed_flag and not loop.forked and loop.signal_handlers
+        if (not loop.closing_flag and not loop.forked and loop.signal_handlers
                 and (res > 0 or res == -EAGAIN or res == -EINTR or res == -ECANCELED)):
             self.arm()
         elif res < 0 and res != -ECANCELED and not loop.closed_flag:
