@@ -10,8 +10,8 @@ from Cython.Build import cythonize
 
 core = Extension(
     "uringloop._core",
-    sources=["uringloop/_core.pyx", "uringloop/ring.c", "uringloop/kernel_features.c"],
-    include_dirs=["uringloop", "uringloop/includes"],
+    sources=["uringloop/_core.pyx", "uringloop/ring/ring.c", "uringloop/ring/kernel_features.c"],
+    include_dirs=["uringloop/ring", "uringloop/includes"],
     extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wno-unused-function"],
 )
 

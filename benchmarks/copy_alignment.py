@@ -4,7 +4,7 @@
 The kernel's copy_to_user/copy_from_user use `rep movsb` on CPUs with fast string moves, so
 the address a receive lands at decides how fast the kernel can fill it. On the AMD EPYC VMs
 this project is measured on, a destination 1 to 31 bytes past the source (modulo 4 KiB) makes
-the copy about 20 times slower. That is why the provided buffers (uringloop/bufring.pyx) are
+the copy about 20 times slower. That is why the provided buffers (uringloop/ring/bufring.pyx) are
 page-aligned: loopback and page-fragment skbs carry data from a page boundary.
 
     python benchmarks/copy_alignment.py

@@ -1,4 +1,4 @@
-"""The C ring layer on its own: builds tests/c/ring_check.c against uringloop/ring.c and runs
+"""The C ring layer on its own: builds tests/c/ring_check.c against uringloop/ring/ring.c and runs
 it. It checks both SQ layouts, including the one with the SQ index array whose rebuild after
 a resize Linux 6.18 leaves to userspace (io_uring-facts.md)."""
 import os
@@ -20,9 +20,9 @@ def ring_check(tmp_path_factory):
     if cc is None:
         pytest.fail('a C compiler is required to build the ring layer (and uringloop itself)')
     exe = tmp_path_factory.mktemp('ring') / 'ring_check'
-    subprocess.run([cc, '-O1', '-Wall', '-Werror', '-I', os.path.join(ROOT, 'uringloop'),
+    subprocess.run([cc, '-O1', '-Wall', '-Werror', '-I', os.path.join(ROOT, 'uringloop', 'ring'),
                     os.path.join(HERE, 'c', 'ring_check.c'),
-                    os.path.join(ROOT, 'uringloop', 'ring.c'), '-o', str(exe)],
+                    os.path.join(ROOT, 'uringloop', 'ring', 'ring.c'), '-o', str(exe)],
                    check=True)
     return str(exe)
 

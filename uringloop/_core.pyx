@@ -1,6 +1,7 @@
 # cython: language_level=3
 # The uringloop core: one extension built from the files below, in layer order, so that calls
-# between layers are C calls (uvloop's layout). DESIGN.md (repository root) describes the layers.
+# between layers are C calls (uvloop's layout); each layer has its folder. DESIGN.md (repository
+# root) describes the layers.
 
 import asyncio
 import collections
@@ -33,12 +34,24 @@ RingStats = collections.namedtuple(
     'migrations resize_method')
 Support = collections.namedtuple('Support', 'ok reason')
 
-include "ring.pyx"
-include "support.pyx"
-include "features.pyx"
-include "ops.pyx"
-include "handles.pyx"
-include "loop.pyx"
-include "io.pyx"
-include "sockets.pyx"
-include "surfaces.pyx"
+# Layer 1, the ring: the C ring layer's owner, the kernel's support and features, and the
+# provided-buffer groups registered with the ring.
+include "ring/ring.pyx"
+include "ring/support.pyx"
+include "ring/features.pyx"
+include "ring/bufring.pyx"
+# Layer 2, operations: the records of what the kernel is doing, found from each CQE.
+include "ops/operation.pyx"
+# Layer 3, the loop core: handles, the ready queue, timers, the iteration, close.
+include "loop/handles.pyx"
+include "loop/core.pyx"
+# Layer 4, I/O surfaces: fd readiness, sock_*, stream transports, servers, signals, UDP,
+# subprocesses.
+include "surfaces/readiness.pyx"
+include "surfaces/sockets.pyx"
+include "transports/stream.pyx"
+include "surfaces/server.pyx"
+include "surfaces/signals.pyx"
+include "surfaces/udp.pyx"
+include "surfaces/process.pyx"
+include "surfaces/loop.pyx"

@@ -29,8 +29,8 @@ export URINGLOOP_MEMCHECK=1   # tests/reliability: RSS says nothing under ASan's
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
 echo "== C ring layer (tests/c/ring_check.c) under ASan and UBSan"
-$CC $SAN -fsanitize=undefined -Wall -Werror -I "$ROOT/uringloop" \
-    "$ROOT/tests/c/ring_check.c" "$ROOT/uringloop/ring.c" -o "$WORK/ring_check"
+$CC $SAN -fsanitize=undefined -Wall -Werror -I "$ROOT/uringloop/ring" \
+    "$ROOT/tests/c/ring_check.c" "$ROOT/uringloop/ring/ring.c" -o "$WORK/ring_check"
 "$WORK/ring_check"
 
 echo "== building the extension with ASan into $WORK/lib"

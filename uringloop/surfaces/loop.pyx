@@ -3,9 +3,6 @@
 
 import inspect
 
-include "signals.pyx"
-include "udp.pyx"
-include "process.pyx"
 
 
 cdef class SurfacesLoop(SocketLoop):

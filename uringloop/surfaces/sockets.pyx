@@ -29,9 +29,6 @@ import io as _io
 
 from asyncio import exceptions as _exceptions, tasks as _tasks
 
-include "bufring.pyx"
-include "streams.pyx"
-include "server.pyx"
 
 
 cdef _check_sock(CoreLoop loop, sock):
