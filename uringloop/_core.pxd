@@ -1,10 +1,11 @@
-# Declarations of the core's cdef classes, one block per layer of DESIGN.md:
-# ring (ring.pyx), operations (ops.pyx), handles (handles.pyx), loop (loop.pyx).
-# Every .pyx file is included into _core.pyx so calls between layers stay C calls.
+# Declarations of the core's cdef classes that more than one layer of DESIGN.md uses:
+# ring (ring/ring.pyx, ring/bufring.pyx), operations (ops/operation.pyx), the loop core
+# (loop/handles.pyx, loop/core.pyx). Every .pyx file is included into _core.pyx so calls
+# between layers stay C calls.
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 
-from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe
+from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe, ul_pbuf_ring
 
 
 cdef class RingCounters:
@@ -48,6 +49,48 @@ cdef class Ring:
     cdef inline bint backlog_empty(self)
     cdef bint drained(self)
     cdef void close(self)
+
+
+cdef class BufGroup:
+    cdef Ring ring
+    cdef ul_pbuf_ring pbr
+    cdef char *mem               # page-aligned (see ring/bufring.pyx)
+    cdef size_t mem_len
+    cdef unsigned nbufs
+    cdef bint registered
+    cdef unsigned users          # receives armed on this group (final CQE not yet seen)
+    cdef uint16_t head           # the kernel's head: buffers it has reported consumed
+    cdef uint16_t *returned      # given back since the last publish, oldest first
+    cdef unsigned nreturned
+    cdef unsigned offthread_users  # armed receives the kernel might serve off our thread
+
+    cdef int setup(self, Ring ring, unsigned nbufs, uint16_t bgid) except -1
+    cdef inline char *buffer(self, uint16_t bid)
+    cdef inline bint give_back(self, uint16_t bid)
+    cdef int publish(self, bint front, bint verify) except -1
+    cdef void unmap(self)
+
+
+cdef class BufPool:
+    cdef Ring ring
+    cdef BufGroup current
+    cdef uint16_t next_bgid
+    cdef set receivers           # RecvOp records armed right now, on any group
+    cdef list dirty              # groups with buffers given back since the last publish
+    cdef uint64_t front_publishes
+    cdef uint64_t grows
+    cdef uint64_t shrinks
+    cdef uint64_t enobufs
+
+    cdef inline void give_back(self, BufGroup group, uint16_t bid)
+    cdef int publish(self, bint every_cqe_claimed, bint verify) except -1
+    cdef int follow_ring(self, Ring ring) except -1
+    cdef unsigned need(self)
+    cdef BufGroup group_for_arm(self)
+    cdef int on_enobufs(self, BufGroup group) except -1
+    cdef int on_receiver_gone(self) except -1
+    cdef int switch(self, unsigned nbufs) except -1
+    cdef tuple stats(self)
 
 
 cdef class Operation:
@@ -108,6 +151,7 @@ cdef class TimerHandle(Handle):
 
 cdef class CoreLoop:
     cdef Ring ring
+    cdef BufPool bufpool           # provided buffers: registered with the ring, follow it
     cdef OpSlab slab
     cdef list ready
     cdef list ready_spare
@@ -145,7 +189,6 @@ cdef class CoreLoop:
     cdef int fit_ring(self) except -1
     cdef bint migrate(self, unsigned sq_entries) except -1
     cdef int move_operations(self) except -1
-    cdef int ring_replaced(self) except -1
     cdef int service_draining(self) except -1
     cdef int dispatch_ring(self, Ring ring) except -1
     cdef int run_once(self) except -1
@@ -153,7 +196,6 @@ cdef class CoreLoop:
     cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1
     cdef int run_ready(self) except -1
     cdef int submit_staged(self) except -1
-    cdef int before_submit(self) except -1
     cdef int dispatch_completions(self) except -1
     cdef int drain_operations(self, double deadline) except -1
     cdef int check_usable(self) except -1

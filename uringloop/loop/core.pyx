@@ -60,6 +60,8 @@ cdef inline double monotonic():
 cdef class CoreLoop:
     def __cinit__(self):
         self.ring = Ring()
+        self.bufpool = BufPool.__new__(BufPool)
+        self.bufpool.ring = self.ring
         self.slab = OpSlab()
         self.ready = []
         self.ready_spare = []
@@ -424,7 +426,7 @@ cdef class CoreLoop:
             old.enter(0, 0)
         self.ring = new
         self.draining.append(old)
-        self.ring_replaced()
+        self.bufpool.follow_ring(new)
         self.move_operations()
         # Settle now, at the iteration entry: the cancellations of armed operations are
         # answered at once, and every moved operation is back in `pending` exactly once,
@@ -465,11 +467,6 @@ cdef class CoreLoop:
                 op.moving = True
         return 0
 
-    cdef int ring_replaced(self) except -1:
-        """What the layers above keep per ring (registered buffer groups) must follow a
-        migration to the new ring."""
-        return 0
-
     cdef int service_draining(self) except -1:
         """Submit what rings replaced by a migration have queued (cancel requests), run their
         task work and collect their completions; close those with nothing left in flight."""
@@ -508,16 +505,12 @@ cdef class CoreLoop:
                 self.ring.enter(0, 0)
         return 0
 
-    cdef int before_submit(self) except -1:
-        """What the layers above write to memory the kernel reads, right before an enter
-        (the sockets layer: provided buffers given back)."""
-        return 0
-
     cdef int submit_staged(self) except -1:
         cdef list ops = self.staged
         cdef Operation op
         cdef Py_ssize_t i = 0
-        self.before_submit()
+        # Buffers given back are offered to the kernel again before it is entered.
+        self.bufpool.publish(self.unowned_buffer_cqes == 0, self.debug_flag)
         if not ops:
             return 0
         self.staged = []

@@ -57,18 +57,7 @@ cdef unsigned PBUF_MAX = 32768     # the kernel's limit on a buffer ring's entri
 
 
 cdef class BufGroup:
-    """One registered provided-buffer ring and the memory of its buffers."""
-    cdef Ring ring
-    cdef ul_pbuf_ring pbr
-    cdef char *mem               # page-aligned (see above)
-    cdef size_t mem_len
-    cdef unsigned nbufs
-    cdef bint registered
-    cdef unsigned users          # receives armed on this group (final CQE not yet seen)
-    cdef uint16_t head           # the kernel's head: buffers it has reported consumed
-    cdef uint16_t *returned      # given back since the last publish, oldest first
-    cdef unsigned nreturned
-    cdef unsigned offthread_users  # armed receives the kernel might serve off our thread
+    """One registered provided-buffer ring and the memory of its buffers (fields: _core.pxd)."""
 
     cdef int setup(self, Ring ring, unsigned nbufs, uint16_t bgid) except -1:
         cdef unsigned i
@@ -146,16 +135,8 @@ cdef class BufGroup:
 
 
 cdef class BufPool:
-    """The loop's provided buffers: the current group and the receives armed on groups."""
-    cdef Ring ring
-    cdef BufGroup current
-    cdef uint16_t next_bgid
-    cdef set receivers           # RecvOp records armed right now, on any group
-    cdef list dirty              # groups with buffers given back since the last publish
-    cdef uint64_t front_publishes
-    cdef uint64_t grows
-    cdef uint64_t shrinks
-    cdef uint64_t enobufs
+    """The loop's provided buffers: the current group and the receives armed on groups
+    (fields: _core.pxd)."""
 
     def __cinit__(self):
         self.receivers = set()
@@ -166,23 +147,32 @@ cdef class BufPool:
         if group.give_back(bid):
             self.dirty.append(group)
 
-    cdef int publish(self, CoreLoop loop) except -1:
+    cdef int publish(self, bint every_cqe_claimed, bint verify) except -1:
         """Right before an enter: offer again what was given back, hottest first when the
-        head count is known to be exact (see the top of this file)."""
+        head count is known to be exact (see the top of this file). every_cqe_claimed: no
+        CQE with F_BUFFER went unaccounted for; verify: check the count with the kernel."""
         cdef BufGroup g
         cdef bint front
         if not self.dirty:
             return 0
         front = (ul_cq_ready(&self.ring.r) == 0 and self.ring.backlog_empty()
-                 and not ul_cq_overflowed(&self.ring.r) and loop.unowned_buffer_cqes == 0)
+                 and not ul_cq_overflowed(&self.ring.r) and every_cqe_claimed)
         try:
             for g in self.dirty:
                 # A group of a ring replaced by a migration: its head count is not checked
                 # against that ring's completions, so it gets the plain order.
-                g.publish(front and g.ring is self.ring, loop.debug_flag)
+                g.publish(front and g.ring is self.ring, verify)
                 self.front_publishes += front and g.ring is self.ring and g.offthread_users == 0
         finally:
             self.dirty.clear()
+        return 0
+
+    cdef int follow_ring(self, Ring ring) except -1:
+        """A migration replaced the loop's ring. Buffer groups are registered with one ring:
+        receives re-armed on the new ring pick from a group registered there; the old ones
+        go when their last receive ends."""
+        self.ring = ring
+        self.current = None
         return 0
 
     cdef unsigned need(self):

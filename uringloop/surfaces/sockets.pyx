@@ -111,15 +111,12 @@ cdef class SockSend(Operation):
 
 cdef class SocketLoop(IOLoop):
     """IOLoop plus sockets, stream transports and servers."""
-    cdef BufPool bufpool
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
     cdef bint in_completion          # a stream's completion is being handled right now
     cdef dict recv_skips             # fd -> receives that skipped the try since one found nothing
 
     def __cinit__(self):
-        self.bufpool = BufPool.__new__(BufPool)
-        self.bufpool.ring = self.ring
         self.listeners = {}
         self.recv_skips = {}
         self.unix_server_inodes = {}
@@ -136,16 +133,6 @@ cdef class SocketLoop(IOLoop):
         if g is None:
             return None
         return ul_pbuf_ring_bid_at(&g.pbr, g.head)
-
-    cdef int before_submit(self) except -1:
-        return self.bufpool.publish(self)
-
-    cdef int ring_replaced(self) except -1:
-        # Buffer groups are registered with one ring: receives re-armed on the new ring pick
-        # from a group registered there; the old ones go when their last receive ends.
-        self.bufpool.ring = self.ring
-        self.bufpool.current = None
-        return 0
 
     # -- low-level socket API -----------------------------------------------------------------
 
