@@ -12,7 +12,7 @@ The ring sizes itself at every iteration to the pending operations; there is no 
 import asyncio as _asyncio
 import sys as _sys
 
-from uringloop._core import (SurfacesLoop as _CoreLoop, IoUringUnavailable, RingStats, Support,
+from uringloop._core import (NativeLoop as _NativeLoop, IoUringUnavailable, RingStats, Support,
                              check_support)
 from uringloop._core import KernelFeatures, kernel_features
 
@@ -21,7 +21,7 @@ __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run', 'check
 __version__ = '0.1.0'
 
 
-class Loop(_CoreLoop, _asyncio.BaseEventLoop):
+class Loop(_NativeLoop, _asyncio.BaseEventLoop):
     """The uringloop event loop: an asyncio.AbstractEventLoop driven by one io_uring.
 
     Raises IoUringUnavailable when this machine cannot run it (see check_support()).
@@ -29,7 +29,7 @@ class Loop(_CoreLoop, _asyncio.BaseEventLoop):
 
     def __init__(self) -> None:
         _check_gil()
-        _CoreLoop.__init__(self)
+        _NativeLoop.__init__(self)
         _asyncio.BaseEventLoop.__init__(self)
 
 

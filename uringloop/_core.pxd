@@ -99,7 +99,7 @@ cdef class Operation:
     cdef uint32_t generation      # 0 while the record is not registered with the slab
     cdef bint cancelling
     cdef bint staged              # in the loop's `staged` list: its SQE is made at submission
-    cdef object keep              # everything the kernel may read or write until the final CQE
+    cdef object pinned            # everything the kernel may read or write until the final CQE
     cdef Ring ring                # the ring it was submitted through, until its final CQE
     cdef bint moving              # cancelled by a ring migration: resubmit on the new ring
 

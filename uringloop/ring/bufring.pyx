@@ -20,17 +20,16 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 # One buffer is 64 KiB, so a 64 KiB message arrives in one completion and one data_received()
-# (16 KiB buffers made it four, each with its own write: 120 against 73 µs of server CPU per
-# 64 KiB echo round-trip). The memory is an anonymous mapping, reserved, not touched: the kernel
-# only faults in the pages it writes, so a thousand connections exchanging 1 KiB messages keep
-# 4 KiB per buffer resident.
+# (smaller buffers split it, and each piece made its own write). The memory is an anonymous
+# mapping, reserved, not touched: the kernel only faults in the pages it writes, so many
+# connections exchanging small messages keep one page per buffer resident.
 #
 # Every buffer starts on a page boundary, and that is a measured necessity, not tidiness. The
-# kernel copies received data with `rep movsb`, which on this AMD EPYC runs ~20x slower when the
-# destination sits 1 to 31 bytes past the source modulo 4 KiB (28 against 1.4 µs per 64 KiB;
-# benchmarks/copy_alignment.py measures it). Loopback and page-fragment skbs hold data from a page
-# boundary, so buffers at malloc's usual page + 16 hit exactly that window: the 64 KiB echo
-# cost twice uvloop's server CPU until the buffers were page-aligned.
+# kernel copies received data with `rep movsb`, which on some CPUs is many times slower when the
+# destination sits 1 to 31 bytes past the source modulo 4 KiB (benchmarks/copy_alignment.py
+# measures it). Loopback and page-fragment skbs hold data from a page boundary, so buffers at
+# malloc's usual page + 16 hit exactly that window (benchmarks/README.md, "64 KiB: where in a
+# page the receive lands").
 cdef unsigned PBUF_SIZE = 65536
 cdef unsigned PBUF_MIN = 8
 cdef unsigned PBUF_MAX = 32768     # the kernel's limit on a buffer ring's entries
@@ -38,8 +37,8 @@ cdef unsigned PBUF_MAX = 32768     # the kernel's limit on a buffer ring's entri
 
 # Buffers are handed out hottest first. The kernel takes buffers from the ring's head in
 # order, and buffers given back at the tail come round again only after every other one:
-# with 256 buffers (100 connections) every receive landed in memory 16 MiB of traffic cold,
-# and both copies (the kernel's into the buffer, ours out of it) paid for it. So the buffers
+# with many connections every receive landed in cold memory, and both copies (the kernel's
+# into the buffer, ours out of it) paid for it. So the buffers
 # given back in an iteration are put at the front of the ring, where the kernel picks next,
 # and the ones they displace go to the back. That rewrites entries the kernel has not
 # consumed, which is safe only when

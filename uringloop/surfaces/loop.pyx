@@ -1,12 +1,13 @@
 # Layer 4, the rest of the loop's surfaces: UDP, subprocesses, signals, TLS, sendfile.
-# Each surface lives in its own file, included here so that its cdef calls stay C calls.
+# Each surface lives in its own file (signals.pyx, udp.pyx, process.pyx), included before this
+# one by _core.pyx so that its cdef calls stay C calls.
 
 import inspect
 
 
-
-cdef class SurfacesLoop(SocketLoop):
-    """SocketLoop plus datagrams, subprocesses, signals, TLS and sendfile."""
+cdef class NativeLoop(SocketLoop):
+    """Every surface of the loop in native code: SocketLoop plus datagrams, subprocesses,
+    signals, TLS and sendfile. uringloop.Loop adds asyncio.BaseEventLoop's generic logic."""
     cdef dict signal_handlers        # signum -> Handle
     cdef object signal_rsock         # socketpair end the ring reads signal numbers from
     cdef object signal_wsock         # socketpair end CPython's C handler writes them to
@@ -167,10 +168,10 @@ def _surfaces_after_fork_in_child():
     # The child inherits the parent's wakeup fd: a signal caught in the child would then be
     # written into the parent's signal socket and run the parent's handler. Detach it.
     for loop in list(_all_loops):
-        if isinstance(loop, SurfacesLoop) and (<SurfacesLoop>loop).signal_wsock is not None:
+        if isinstance(loop, NativeLoop) and (<NativeLoop>loop).signal_wsock is not None:
             try:
                 old = signal_module.set_wakeup_fd(-1)
-                if old != (<SurfacesLoop>loop).signal_wsock.fileno():
+                if old != (<NativeLoop>loop).signal_wsock.fileno():
                     signal_module.set_wakeup_fd(old)
             except (ValueError, OSError):
                 pass

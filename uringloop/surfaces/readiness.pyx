@@ -50,7 +50,7 @@ cdef class WatchPoll(Operation):
 
 cdef class FdWatch:
     """The reader and writer callbacks registered for one fd."""
-    cdef IOLoop loop
+    cdef ReadinessLoop loop
     cdef int fd
     cdef object fileobj            # as registered: found again by identity once it is closed
     cdef Handle reader
@@ -58,7 +58,7 @@ cdef class FdWatch:
     cdef WatchPoll read_poll
     cdef WatchPoll write_poll
 
-    def __cinit__(self, IOLoop loop, int fd):
+    def __cinit__(self, ReadinessLoop loop, int fd):
         self.loop = loop
         self.fd = fd
         self.read_poll = WatchPoll.__new__(WatchPoll)
@@ -128,7 +128,7 @@ cdef class WaitPoll(Operation):
             self.cancel()
 
 
-cdef class IOLoop(CoreLoop):
+cdef class ReadinessLoop(CoreLoop):
     """CoreLoop plus fd readiness."""
     cdef dict watches
     cdef public object _transports   # fd -> transport (weak values), for fd-reuse checks

@@ -38,7 +38,7 @@ cdef class SignalRead(Operation):
         return True     # complete() re-arms after ECANCELED while handlers are registered
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SurfacesLoop loop = <SurfacesLoop>self.loop
+        cdef NativeLoop loop = <NativeLoop>self.loop
         cdef int32_t i
         self.cancelling = False
         if res > 0:

@@ -1,4 +1,5 @@
-# Layer 4, sockets: sock_* calls, stream transports (TCP, Unix, pipes) and servers.
+# Layer 4, sockets: sock_* calls, and the loop methods that make stream transports (TCP, Unix,
+# pipes; transports/) and servers.
 #
 # The sock_recv* calls use readiness (a one-shot POLL_ADD on the ring) followed by the syscall,
 # not a RECV into the caller's memory: when the awaiting task is cancelled, the poll is
@@ -14,13 +15,12 @@
 # the memory stays exported until the final CQE, and a cancelled call has sent what it has
 # sent, as asyncio's does. On a quiet loop it tries send() first, as asyncio does: there the
 # SEND's own completion would end the next enter's wait at once and cost an iteration more
-# per message (10 connections: 58 against 32 µs per round-trip). The SEND is prepared at
-# once, not staged: for a task that alternates sock_recv and sock_sendall it takes the place
-# of the receive's poll in `pending`, so the count stays put (staged, it left every
-# connection with nothing pending for one iteration in two, and ten connections resized the
-# ring 3,200 times a second).
+# per message. The SEND is prepared at once, not staged: for a task that alternates sock_recv
+# and sock_sendall it takes the place of the receive's poll in `pending`, so the count stays
+# put (staged, it left every connection with nothing pending one iteration in two, and the
+# ring resized all the time). Measurements: benchmarks/README.md, "`sock_*`".
 #
-# Transports (streams.pyx) and servers (server.pyx) keep one multishot operation per
+# Transports (transports/) and servers (server.pyx) keep one multishot operation per
 # connection or listener instead.
 
 import stat
@@ -109,8 +109,8 @@ cdef class SockSend(Operation):
         self.release()
 
 
-cdef class SocketLoop(IOLoop):
-    """IOLoop plus sockets, stream transports and servers."""
+cdef class SocketLoop(ReadinessLoop):
+    """ReadinessLoop plus sockets, stream transports and servers."""
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
     cdef bint in_completion          # a stream's completion is being handled right now
@@ -208,7 +208,7 @@ cdef class SocketLoop(IOLoop):
             raise
         op.loop = self
         op.fd = fd
-        op.keep = data
+        op.pinned = data
         fut = self.create_future()
         op.future = fut
         op.submit()

@@ -80,22 +80,22 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
         if self._closing or self._reading or self._loop is None or self._loop.is_closed():
             return
         self._reading = True
-        (<IOLoop>self._loop).add_watch(self._sock_fd, False, self._read_ready, ())
+        (<ReadinessLoop>self._loop).add_watch(self._sock_fd, False, self._read_ready, ())
 
     def _stop_reading(self):
         if self._reading:
             self._reading = False
-            (<IOLoop>self._loop).remove_watch(self._sock_fd, False)
+            (<ReadinessLoop>self._loop).remove_watch(self._sock_fd, False)
 
     def _start_writing(self):
         if not self._writing:
             self._writing = True
-            (<IOLoop>self._loop).add_watch(self._sock_fd, True, self._sendto_ready, ())
+            (<ReadinessLoop>self._loop).add_watch(self._sock_fd, True, self._sendto_ready, ())
 
     def _stop_writing(self):
         if self._writing:
             self._writing = False
-            (<IOLoop>self._loop).remove_watch(self._sock_fd, True)
+            (<ReadinessLoop>self._loop).remove_watch(self._sock_fd, True)
 
     # -- BaseTransport --------------------------------------------------------------------
 

@@ -99,8 +99,8 @@ cdef class ReadPipeStream(Stream):
 
     cdef int eof_received(self) except -1:
         self.closing = True
-        self.soon(self.protocol.eof_received, ())
-        self.soon(self.call_connection_lost, (None,))
+        self.call_soon_like_asyncio(self.protocol.eof_received, ())
+        self.call_soon_like_asyncio(self.call_connection_lost, (None,))
         return 0
 
     def close(self):
@@ -108,7 +108,7 @@ cdef class ReadPipeStream(Stream):
             return
         self.closing = True
         self.stop_reading()
-        self.soon(self.call_connection_lost, (None,))
+        self.call_soon_like_asyncio(self.call_connection_lost, (None,))
 
 
 cdef class WritePipeStream(Stream):
@@ -163,7 +163,7 @@ cdef class WritePipeStream(Stream):
             return
         self.closing = True
         if not self.writing():
-            self.soon(self.call_connection_lost, (None,))
+            self.call_soon_like_asyncio(self.call_connection_lost, (None,))
 
     def close(self):
         if self.sock is not None and not self.closing:

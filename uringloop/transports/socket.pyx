@@ -9,7 +9,7 @@ cdef class SocketRecvOp(RecvOp):
     CQE, so still one op per connection): the kernel writes straight into the protocol's
     memory, which stays exported until the CQE."""
     cdef bint into_protocol_buffer   # the receive in flight is a one-shot RECV into `view`
-    cdef Py_buffer view          # that buffer, exported until the CQE (`keep` holds its owner)
+    cdef Py_buffer view          # that buffer, exported until the CQE (`pinned` holds its owner)
     cdef bint has_view
 
     cdef int arm(self) except -1:
@@ -52,7 +52,7 @@ cdef class SocketRecvOp(RecvOp):
             PyBuffer_Release(&self.view)
             raise
         self.has_view = True
-        self.keep = buf
+        self.pinned = buf
         self.cancelling = False
         self.into_protocol_buffer = True
         sqe.opcode = IORING_OP_RECV
@@ -65,7 +65,7 @@ cdef class SocketRecvOp(RecvOp):
         if self.has_view:
             self.has_view = False
             PyBuffer_Release(&self.view)
-        self.keep = None
+        self.pinned = None
 
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if self.into_protocol_buffer:
@@ -79,13 +79,13 @@ cdef class SocketRecvOp(RecvOp):
             if res > 0:
                 if s.closing or s.eof_seen:
                     self.release_view()
-                elif s.paused or s.held or not s.buffered:
+                elif s.paused or s.received_while_paused or not s.buffered:
                     # Paused meanwhile (or the protocol changed): the bytes are in the old
                     # buffer; keep a copy for whoever reads next.
                     data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
                     self.release_view()
-                    if s.paused or s.held:
-                        s.held.append(data)
+                    if s.paused or s.received_while_paused:
+                        s.received_while_paused.append(data)
                     else:
                         s.on_chunk(PyBytes_AS_STRING(data), res)
                 else:
@@ -191,7 +191,7 @@ cdef class SocketStream(Stream):
         self.stop_reading()
         if not self.writing():
             self.conn_lost += 1
-            self.soon(self.call_connection_lost, (None,))
+            self.call_soon_like_asyncio(self.call_connection_lost, (None,))
 
     cdef int close_now(self, exc) except -1:
         if self.conn_lost:

@@ -88,8 +88,8 @@ cdef class Stream:
     cdef int conn_lost
     cdef RecvOp recv_op            # None on a write pipe
     cdef SendOp send_op            # None on a read pipe
-    cdef list held                 # data received while paused, in order
-    cdef bint held_eof
+    cdef list received_while_paused  # data that arrived while reading was paused, in order
+    cdef bint eof_while_paused       # and the peer's EOF after it
     cdef list wbuf                 # queued writes not yet handed to the kernel
     cdef Py_ssize_t wbuf_size
     cdef Py_ssize_t high_water
@@ -101,7 +101,7 @@ cdef class Stream:
 
     def __cinit__(self):
         self.wbuf = []
-        self.held = []
+        self.received_while_paused = []
         self.fd = -1
         self.high_water = 64 * 1024
         self.low_water = 16 * 1024
@@ -130,7 +130,7 @@ cdef class Stream:
         info.append('open')
         return 0
 
-    cdef soon(self, callback, tuple args):
+    cdef call_soon_like_asyncio(self, callback, tuple args):
         """call_soon() with asyncio's timing: when the call comes from a completion (where
         asyncio would be running the fd's I/O callback), the callback runs in the next
         iteration, not in the one that is handling the completion."""
@@ -167,8 +167,8 @@ cdef class Stream:
     cdef int on_chunk(self, char *p, Py_ssize_t n) except -1:
         if self.closing or self.eof_seen:
             return 0                 # asyncio stops reading at close(): late bytes are dropped
-        if self.paused or self.held:
-            self.held.append(PyBytes_FromStringAndSize(p, n))
+        if self.paused or self.received_while_paused:
+            self.received_while_paused.append(PyBytes_FromStringAndSize(p, n))
             return 0
         if self.buffered:
             return self.feed_buffered(p, n)
@@ -201,29 +201,30 @@ cdef class Stream:
             n -= k
             if self.closing or self.paused:
                 if n > 0 and self.paused and not self.closing:
-                    # In front: when this chunk came from `held`, newer chunks wait there.
-                    self.held.insert(0, PyBytes_FromStringAndSize(p, n))
+                    # In front: when this chunk came from that list, newer chunks wait there.
+                    self.received_while_paused.insert(0, PyBytes_FromStringAndSize(p, n))
                 return 0
         return 0
 
-    def deliver_held(self):
+    def deliver_received_while_paused(self):
         """Hand over what arrived while reading was paused (after resume_reading())."""
         cdef bytes data
-        while self.held and not self.paused and not self.closing:
-            data = self.held.pop(0)
+        while self.received_while_paused and not self.paused and not self.closing:
+            data = self.received_while_paused.pop(0)
             if self.buffered:
                 self.feed_buffered(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
             elif self.call_protocol('data_received', (data,)) is PROTOCOL_FAILED:
                 return
-        if not self.held and self.held_eof and not self.paused and not self.closing:
-            self.held_eof = False
+        if not self.received_while_paused and self.eof_while_paused and not self.paused \
+                and not self.closing:
+            self.eof_while_paused = False
             self.on_eof()
 
     cdef int on_eof(self) except -1:
         if self.closing or self.conn_lost:
             return 0
-        if self.paused or self.held:
-            self.held_eof = True
+        if self.paused or self.received_while_paused:
+            self.eof_while_paused = True
             self.eof_seen = True
             return 0
         self.eof_seen = True
@@ -252,8 +253,8 @@ cdef class Stream:
         if self.closing or not self.paused:
             return
         self.paused = False
-        if self.held or self.held_eof:
-            self.loop.call_soon(self.deliver_held, context=self.context)
+        if self.received_while_paused or self.eof_while_paused:
+            self.loop.call_soon(self.deliver_received_while_paused, context=self.context)
         self.start_reading()
         if self.loop.debug_flag:
             logger.debug("%r resumes reading", self.transport)
@@ -431,13 +432,13 @@ cdef class Stream:
             self.send_staged_now()
             self.wbuf.clear()
             self.wbuf_size = 0
-            self.send_op.data = None          # `keep` still pins the bytes for the kernel
+            self.send_op.data = None          # `pinned` still holds the bytes for the kernel
             if self.send_op.generation != 0:
                 self.send_op.cancel()
         self.closing = True
         self.stop_reading()
         self.conn_lost += 1
-        self.soon(self.call_connection_lost, (exc,))
+        self.call_soon_like_asyncio(self.call_connection_lost, (exc,))
         return 0
 
     cdef int send_staged_now(self) except -1:

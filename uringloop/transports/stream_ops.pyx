@@ -147,7 +147,7 @@ cdef class RecvOp(StreamOp):
 
 
 cdef class SendOp(StreamOp):
-    """The one SEND/WRITE of a Stream; `keep` pins the bytes until the final CQE. It is staged
+    """The one SEND/WRITE of a Stream; `pinned` holds the bytes until the final CQE. It is staged
     (see Operation.stage): the SQE is made right before the loop's next enter, so what the
     stream's writes of one iteration add meanwhile leaves in the same SEND."""
     cdef object data             # what is still to be written (None once aborted)
@@ -157,14 +157,14 @@ cdef class SendOp(StreamOp):
     cdef int start(self, bytes data, Py_ssize_t offset=0) except -1:
         """Send data[offset:] (the head already went out with a direct send())."""
         self.data = data
-        self.keep = data
+        self.pinned = data
         self.offset = offset
         self.polling = False
         return self.stage()
 
     cdef int flush(self) except -1:
         if self.data is None:
-            self.keep = None            # aborted before it reached the kernel
+            self.pinned = None            # aborted before it reached the kernel
             return 0
         self.take_queued()
         return self.submit()
@@ -176,7 +176,7 @@ cdef class SendOp(StreamOp):
         if s.wbuf and self.offset == 0 and not self.polling and self.generation == 0:
             s.wbuf.insert(0, self.data)
             self.data = b''.join(s.wbuf)
-            self.keep = self.data
+            self.pinned = self.data
             s.wbuf.clear()
             s.wbuf_size = 0
         return 0
@@ -189,10 +189,10 @@ cdef class SendOp(StreamOp):
             sqe.opcode = IORING_OP_POLL_ADD
             sqe.poll32_events = POLLOUT
             return 0
-        sqe.addr = <uint64_t><size_t>(PyBytes_AS_STRING(self.keep) + self.offset)
+        sqe.addr = <uint64_t><size_t>(PyBytes_AS_STRING(self.pinned) + self.offset)
         # One SEND or WRITE carries at most MAX_RW_COUNT bytes (the kernel refuses a longer
         # one): a larger write leaves in several, each staged again from the last one's CQE.
-        sqe.len = <uint32_t>min(PyBytes_GET_SIZE(self.keep) - self.offset, MAX_RW_COUNT)
+        sqe.len = <uint32_t>min(PyBytes_GET_SIZE(self.pinned) - self.offset, MAX_RW_COUNT)
         return self.set_opcode(sqe)
 
     cdef int set_opcode(self, io_uring_sqe *sqe) except -1:
@@ -220,7 +220,7 @@ cdef class SendOp(StreamOp):
         self.cancelling = False
         if self.data is None or res == -ECANCELED:
             # Aborted: the bytes were only kept for the kernel, which is done with them now.
-            self.keep = None
+            self.pinned = None
             self.data = None
             return 0
         if self.polling:
@@ -232,11 +232,11 @@ cdef class SendOp(StreamOp):
             return self.stage()
         if res < 0:
             self.data = None
-            self.keep = None
+            self.pinned = None
             return s.on_write_error(res)
         self.offset += res
         if self.offset < PyBytes_GET_SIZE(self.data):
             return self.stage()
         self.data = None
-        self.keep = None
+        self.pinned = None
         return s.on_write_done()
