@@ -54,6 +54,7 @@ cdef class PipeReadOp(RecvOp):
 
 
 cdef class PipeWriteOp(SendOp):
+    """A write pipe's write: a WRITE at the current position."""
     cdef int set_opcode(self, io_uring_sqe *sqe) except -1:
         sqe.opcode = IORING_OP_WRITE
         sqe.off = <uint64_t>-1

@@ -110,6 +110,7 @@ cdef class SocketRecvOp(RecvOp):
 
 
 cdef class SocketSendOp(SendOp):
+    """A socket's write: a SEND."""
     cdef int set_opcode(self, io_uring_sqe *sqe) except -1:
         sqe.opcode = IORING_OP_SEND
         # WAITALL: the kernel retries a short send itself instead of completing early.
