@@ -10,6 +10,9 @@ Cases (each one process, one loop, everything on loopback inside that process):
             sock_sendall / sock_recv with a peer thread (blocking socket), so each round-trip
             adds a short operation (the ping's receive) on top of the 15 and takes it away
             again: pending crosses 16 twice per round-trip.
+  steady    the same ping-pong with one idle receive fewer: pending moves between 14 and
+            15, inside one power of two, so the ring never resizes. What 'cross' costs on
+            top of 'steady' is the cost of resizing, on any build.
   queued    10 Protocol connection pairs echo 1 KiB messages; uringloop stages every write
             as a SEND on the ring (the 'queued' write path, `_set_write_path('queued')`),
             whatever its size.
@@ -42,7 +45,7 @@ sys.path.insert(0, HERE)
 
 import _common as C  # noqa: E402
 
-CASES = ('cross', 'queued', 'fanout')
+CASES = ('cross', 'steady', 'queued', 'fanout')
 REST_PENDING = 15          # the 'cross' case's pending operations at rest, on uringloop
 QUEUED_PAIRS = 10
 QUEUED_SIZE = 1024
@@ -211,6 +214,8 @@ def child_sample(loop_name, case, warmup, window, idle):
     async def main():
         if case == 'cross':
             return await case_cross(loop, win, int(idle))
+        if case == 'steady':
+            return await case_cross(loop, win, max(0, int(idle) - 1))
         if case == 'queued':
             return await case_queued(loop, win)
         runner = asyncio.ensure_future(win.run())

@@ -114,7 +114,7 @@ def configurations(suites, settings, loops):
     if 'micro' in suites:
         out += [('micro', {'bench': b}) for b in MICRO_BENCHES]
     if 'churn' in suites:
-        out += [('churn', {'case': c}) for c in ('cross', 'queued', 'fanout')]
+        out += [('churn', {'case': c}) for c in ('cross', 'steady', 'queued', 'fanout')]
     return out
 
 
@@ -303,10 +303,19 @@ def headline(summary, ic):
         worst = max((v for v in vs if v is not None), default=None)
         add(f'same, every 1 KiB variant, {conns} conns (protocol, streams)',
             ' , '.join(fmt_x(v) for v in vs), f'<= {t}', le(worst, t))
+    def by_cpu(app, conns):
+        # Requests per CPU-second: what req/s would be if both servers had the core to
+        # themselves.
+        v = ratio(summary, 'http', 'cpu_us_per_op', app=app, conns=conns)
+        return 1 / v if v else None
+
     v = ratio(summary, 'http', 'ops_per_s', app='aiohttp', conns=10)
-    add('aiohttp web server, req/s, 10 conns', fmt_x(v), '>= 1.4', ge(v, 1.4))
+    add('aiohttp web server, req/s, 10 conns (by CPU per request)',
+        f"{fmt_x(v)} ({fmt_x(by_cpu('aiohttp', 10))})", '>= 1.4', ge(v, 1.4))
     vs = [ratio(summary, 'http', 'ops_per_s', app='uvicorn', conns=c) for c in (10, 100)]
-    add('uvicorn + httptools, req/s, 10 / 100 conns', ' / '.join(fmt_x(v) for v in vs),
+    add('uvicorn + httptools, req/s, 10 / 100 conns (by CPU per request)',
+        ' / '.join(fmt_x(v) for v in vs) + ' ('
+        + ' / '.join(fmt_x(by_cpu('uvicorn', c)) for c in (10, 100)) + ')',
         '>= 1.5 / >= 1.5', None if None in vs else min(vs) >= 1.5)
     vs = [ratio(summary, 'http', 'p99_us', app=a, conns=10) for a in ('uvicorn', 'aiohttp')]
     add('p99 latency, uvicorn / aiohttp, 10 conns', ' / '.join(fmt_x(v) for v in vs), '<= 1.0',
@@ -323,10 +332,12 @@ def headline(summary, ic):
                            ('timers', 2.0, 'timers'), ('sleep0', 1.3, 'sleep(0)'),
                            ('future_pingpong', 1.3, 'future ping-pong')):
         v = ratio(summary, 'micro', 'ops_per_s', bench=bench)
+        cpu = ratio(summary, 'micro', 'cpu_us_per_op', bench=bench)
         ir = ic.get(bench, {})
         irr = (ir['uvloop'] / ir['uringloop']) if 'uvloop' in ir and 'uringloop' in ir else None
-        add(f'micro: {name}, ops/s (uvloop / uringloop instructions per op)',
-            f'{fmt_x(v)} ({fmt_x(irr)})', f'>= {t}', ge(v, t))
+        add(f'micro: {name}, ops/s (by CPU per op; by instructions per op)',
+            f'{fmt_x(v)} ({fmt_x(1 / cpu if cpu else None)}; {fmt_x(irr)})', f'>= {t}',
+            ge(v, t))
     shares, rates = [], []
     for s in summary:
         if s['suite'] in ('churn', 'echo'):
@@ -334,6 +345,12 @@ def headline(summary, ic):
             if s['suite'] == 'churn':
                 rates.append((s['config']['case'], u.get('resizes_per_s')))
             shares.append(u.get('resize_share'))
+    cross = value(summary, 'churn', 'uringloop', 'cpu_us_per_op', case='cross')
+    steady = value(summary, 'churn', 'uringloop', 'cpu_us_per_op', case='steady')
+    if cross and steady:
+        add('churn: CPU per round-trip, cross / steady (uringloop; the difference is the '
+            'resizing)', f'{cross:.1f} / {steady:.1f} µs: {100 * (1 - steady / cross):.0f}% of '
+            'cross\'s CPU', '< 2%', (1 - steady / cross) < 0.02)
     measured = [v for v in shares if v is not None]
     rate_txt = ', '.join(f'{c} {v:,.0f}/s' for c, v in rates if v is not None) or '–'
     add('ring resizes, churn cases; share of loop time resizing (worst, churn and echo)',
