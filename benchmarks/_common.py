@@ -104,9 +104,11 @@ class ChildError(RuntimeError):
     pass
 
 
-def run_child(script: str, args: Sequence[str], timeout: float) -> Dict[str, Any]:
-    """Run ``python script --_child args...`` and parse the JSON on its last stdout line."""
-    cmd = [sys.executable, script, "--_child", *args]
+def run_child(script: str, args: Sequence[str], timeout: float,
+              cpu: Optional[int] = None) -> Dict[str, Any]:
+    """Run ``python script --_child args...`` (on one CPU if given) and parse the JSON on its
+    last stdout line."""
+    cmd = pinned([sys.executable, script, "--_child", *args], cpu)
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, check=False
@@ -131,6 +133,18 @@ def child_main(handlers: Dict[str, Callable[..., Dict[str, Any]]], argv: List[st
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc/PID/stat."""
+    with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def pinned(cmd: List[str], cpu: Optional[int]) -> List[str]:
+    """cmd run on one CPU (taskset), or as it is when cpu is None."""
+    return ['taskset', '-c', str(cpu)] + list(cmd) if cpu is not None else list(cmd)
 
 
 def warn(msg: str) -> None:

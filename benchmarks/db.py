@@ -30,19 +30,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from _common import (ALL_LOOPS, ChildError, child_main, fmt_rate, fmt_us, log,  # noqa: E402
-                     machine_info, md_table, median, new_loop, run_child, warn)
+                     machine_info, md_table, median, new_loop, process_cpu, run_child,
+                     warn)
 
 WORKLOADS = ('pg_value', 'pg_rows', 'redis_set_get', 'redis_pipe')
 
 
 # -- the child: one sample ----------------------------------------------------------------------
-
-def process_cpu(pid):
-    """User + system CPU seconds of a process, from /proc/PID/stat."""
-    with open(f'/proc/{pid}/stat') as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
 
 def own_cpu():
     times = os.times()

@@ -43,6 +43,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _common import pinned  # noqa: E402
 
 LOAD_C = r'''
 #define _GNU_SOURCE
@@ -215,6 +218,7 @@ def server_main(loop_name, style):
             st = loop.ring_stats()
             d['resizes'] = st.resizes_up + st.resizes_down
             d['enters'] = st.enters
+            d['resize_time'] = getattr(st, 'resize_time', None)
         if hasattr(loop, '_buffer_ring_stats'):
             d['bufring'] = list(loop._buffer_ring_stats())
         return d
@@ -250,16 +254,19 @@ def server_main(loop_name, style):
 
 # -- the parent --------------------------------------------------------------------------------
 
-def one_sample(load_exe, loop_name, style, size, conns, warm, window):
+def one_sample(load_exe, loop_name, style, size, conns, warm, window, cpus=None):
+    """One server process and one load generator run; cpus=(server CPU, load CPU) pins them."""
+    server_cpu, load_cpu = cpus if cpus else (None, None)
     env = dict(os.environ)
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--_server', loop_name,
-                            style], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                           env=env)
+    srv = subprocess.Popen(pinned([sys.executable, os.path.abspath(__file__), '--_server',
+                                   loop_name, style], server_cpu),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         port = int(srv.stdout.readline())
-        cli = subprocess.Popen([load_exe, str(port), str(conns), str(size), str(warm),
-                                str(window), 'x'], stdout=subprocess.PIPE, text=True)
+        cli = subprocess.Popen(pinned([load_exe, str(port), str(conns), str(size), str(warm),
+                                       str(window), 'x'], load_cpu),
+                               stdout=subprocess.PIPE, text=True)
         line = cli.stdout.readline()
         if line.strip() != 'START':
             raise RuntimeError(f'load generator: {line!r}')
@@ -297,6 +304,9 @@ def one_sample(load_exe, loop_name, style, size, conns, warm, window):
             'user_us_per_rt': (s1['user'] - s0['user']) * 1e6 / max(rts_srv, 1),
             'sys_per_rt': (syscalls / max(rts_srv, 1)) if syscalls is not None else None,
             'resizes_per_s': ((s1['resizes'] - s0['resizes']) / wall) if 'resizes' in s1 else None,
+            # Share of the server's time spent resizing its ring (uringloop builds that count it).
+            'resize_share': ((s1['resize_time'] - s0['resize_time']) / wall
+                             if s1.get('resize_time') is not None else None),
         }
         return res
     finally:
