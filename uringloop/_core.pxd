@@ -16,6 +16,8 @@ cdef class RingCounters:
     cdef uint64_t submitted
     cdef uint64_t completed
     cdef uint64_t enters
+    cdef double resize_time       # seconds spent resizing or migrating, settling included
+    cdef uint64_t shrinks_deferred  # entries where a due shrink waited for the resize budget
 
 
 cdef class Ring:
@@ -106,8 +108,18 @@ cdef class TimerHandle(Handle):
     cdef bint scheduled
 
 
+cdef class ResizeBudget:
+    cdef double credit            # seconds of resizing the loop may still spend on a shrink
+    cdef double refilled_at
+    cdef double spent_seen        # RingCounters.resize_time when last refilled
+    cdef int refill(self, double now, double spent) except -1
+    cdef double shrink_due(self)
+
+
 cdef class CoreLoop:
     cdef Ring ring
+    cdef ResizeBudget resize_budget
+    cdef double shrink_wake_at     # a shrink waits for the budget: wake up for it then (or 0)
     cdef OpSlab slab
     cdef list ready
     cdef list ready_spare

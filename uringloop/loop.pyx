@@ -6,7 +6,6 @@
 
 from libc.stdint cimport uint64_t, int32_t
 from libc.errno cimport errno
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as fd_close, write as fd_write
 
 cdef extern from "sys/eventfd.h" nogil:
@@ -32,6 +31,13 @@ cdef int MIGRATION_ATTEMPTS = 4
 # armed operations answer at once; only work the kernel does off our thread (io-wq) can
 # take longer, and what is left then drains in later iterations.
 cdef double MIGRATION_SETTLE = 0.25
+# Resizing may take at most this fraction of the loop's time, plus RESIZE_BURST: a shrink
+# waits until the loop has earned it (ResizeBudget), so no workload spends its time resizing.
+cdef double RESIZE_SHARE = 1.0 / 64
+cdef double RESIZE_BURST = 0.02
+# The longest a shrink waits: a ring oversized by one huge resize (a migration of tens of
+# thousands of operations) still comes back to size soon after the load has gone.
+cdef double MAX_SHRINK_DELAY = 2.0
 # How long close() waits for cancelled operations to deliver their final CQE.
 cdef double DRAIN_TIMEOUT = 5.0
 
@@ -51,15 +57,41 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-cdef inline double monotonic():
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
+cdef class ResizeBudget:
+    """What bounds the cost of following `pending`. Resizing is a syscall that copies the
+    rings (a migration before Linux 6.13 also moves every armed operation), so a pending count
+    that swings widely at every round-trip could spend most of the loop's time resizing. The
+    loop earns RESIZE_SHARE of the time that passes as credit (at most RESIZE_BURST banked),
+    every resize spends what it took, and a shrink waits while the credit is negative (at
+    most MAX_SHRINK_DELAY). Growing never waits: only shrinks make room for the next grow, so
+    bounding shrinks bounds both."""
+
+    def __cinit__(self):
+        self.credit = RESIZE_BURST
+        self.refilled_at = monotonic()
+
+    cdef int refill(self, double now, double spent) except -1:
+        """Credit the time since the last refill and charge the resizing done since."""
+        self.credit += (now - self.refilled_at) * RESIZE_SHARE - (spent - self.spent_seen)
+        if self.credit > RESIZE_BURST:
+            self.credit = RESIZE_BURST
+        elif self.credit < -MAX_SHRINK_DELAY * RESIZE_SHARE:
+            self.credit = -MAX_SHRINK_DELAY * RESIZE_SHARE
+        self.refilled_at = now
+        self.spent_seen = spent
+        return 0
+
+    cdef double shrink_due(self):
+        """When a deferred shrink may go ahead: the monotonic time the credit is back at 0."""
+        if self.credit >= 0:
+            return self.refilled_at
+        return self.refilled_at - self.credit / RESIZE_SHARE
 
 
 cdef class CoreLoop:
     def __cinit__(self):
         self.ring = Ring()
+        self.resize_budget = ResizeBudget()
         self.slab = OpSlab()
         self.ready = []
         self.ready_spare = []
@@ -337,7 +369,9 @@ cdef class CoreLoop:
         """A read-only snapshot of the ring: capacity (SQ entries, as the kernel reports them),
         cq_capacity, pending operations, resizes up and down, SQEs submitted, CQEs completed,
         io_uring_enter calls, loop iterations, how many resizes were migrations to a new ring,
-        and how this kernel resizes ('in-place', or 'migration' before Linux 6.13)."""
+        how this kernel resizes ('in-place', or 'migration' before Linux 6.13), the seconds
+        spent resizing (settling a migration included), and how many iteration entries kept
+        an oversized ring because the resize budget was spent."""
         if self.ring.opened:
             cap = self.ring.kernel_sq_entries()
             cq = self.ring.r.cq_entries
@@ -346,7 +380,8 @@ cdef class CoreLoop:
         cdef RingCounters n = self.ring.counters
         return RingStats(cap, cq, self.slab.live, n.resizes_up, n.resizes_down, n.submitted,
                          n.completed, n.enters, self.iterations, n.migrations,
-                         'in-place' if self.ring.can_resize else 'migration')
+                         'in-place' if self.ring.can_resize else 'migration',
+                         n.resize_time, n.shrinks_deferred)
 
     def _resize_by_migration(self):
         """Testing aid: from now on this loop resizes its ring as on a kernel without
@@ -363,12 +398,26 @@ cdef class CoreLoop:
         self.iteration_observer = observer
 
     cdef int fit_ring(self) except -1:
-        cdef unsigned want, need
+        """Size the ring for the operations pending at this iteration entry (DESIGN.md). With
+        `need` the smallest power of two above `pending` (capped at the kernel's largest), the
+        SQ holds `need` or the next power of two up. A ring below that grows to `need` at once.
+        A ring above it shrinks to `need`, as a dynamic array shrinks at a quarter full, as
+        soon as the resize budget allows; until then it keeps its size. So a pending count
+        wavering around a power of two resizes nothing, and no workload spends more than its
+        budget's share of the loop's time resizing."""
+        cdef unsigned want, need, size
         cdef int attempts = 0
+        cdef bint shrink_deferred = False
+        self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
         while True:
             want = next_power_of_two(self.slab.live + 1)
             need = want if want < UL_SQ_MAX else UL_SQ_MAX
-            if self.ring.r.sq_entries == need:
+            size = self.ring.r.sq_entries
+            if ring_size_fits(size, need):
+                break
+            if size > need and self.resize_budget.credit < 0:
+                shrink_deferred = True
+                self.ring.counters.shrinks_deferred += 1
                 break
             if self.ring.can_resize:
                 self.ring.resize(need)
@@ -380,9 +429,13 @@ cdef class CoreLoop:
             if attempts > MIGRATION_ATTEMPTS or not self.migrate(need):
                 break
             self.slab.fit(want)
+        if self.ring.counters.resize_time != self.resize_budget.spent_seen:
+            self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
+        self.shrink_wake_at = self.resize_budget.shrink_due() if shrink_deferred else 0
         if self.debug_flag:
             cap = self.ring.kernel_sq_entries()
-            if cap != need or self.ring.r.cq_entries != 2 * need:
+            if cap < need or (cap > 2 * need and not shrink_deferred) or \
+                    self.ring.r.cq_entries != 2 * cap:
                 raise AssertionError(
                     'ring invariant broken at iteration entry: SQ %d CQ %d for %d pending'
                     % (cap, self.ring.r.cq_entries, self.slab.live))
@@ -406,6 +459,7 @@ cdef class CoreLoop:
         Returns whether the ring was replaced."""
         cdef Ring old = self.ring
         cdef Ring new = Ring.__new__(Ring)
+        cdef double started = monotonic()
         new.counters = old.counters
         try:
             new.open(sq_entries, False)
@@ -419,6 +473,7 @@ cdef class CoreLoop:
                            'ring of %d for now' % (sq_entries, old.r.sq_entries),
                 'exception': exc,
             })
+            new.counters.resize_time += monotonic() - started
             return False
         if ul_sq_queued(&old.r):
             old.enter(0, 0)
@@ -443,6 +498,7 @@ cdef class CoreLoop:
         else:
             new.counters.resizes_down += 1
         new.counters.migrations += 1
+        new.counters.resize_time += monotonic() - started
         return True
 
     cdef int move_operations(self) except -1:
@@ -540,7 +596,7 @@ cdef class CoreLoop:
         cdef Py_ssize_t ntimers
         cdef TimerHandle th
         cdef double timeout, end_time
-        cdef long long timeout_ns
+        cdef long long timeout_ns, timeout_ns_shrink
         cdef unsigned queued, sends
         cdef uint64_t completed, events
 
@@ -564,6 +620,13 @@ cdef class CoreLoop:
             timeout_ns = <long long>(timeout * 1e9)
         else:
             timeout_ns = -1
+
+        if self.shrink_wake_at:
+            # An idle loop would otherwise keep an oversized ring until its next event.
+            timeout = self.shrink_wake_at - monotonic()
+            timeout_ns_shrink = <long long>(timeout * 1e9) if timeout > 0 else 0
+            if timeout_ns < 0 or timeout_ns > timeout_ns_shrink:
+                timeout_ns = timeout_ns_shrink
 
         if self.draining:
             self.service_draining()
