@@ -123,6 +123,7 @@ cdef class CoreLoop:
     cdef OpSlab slab
     cdef list ready
     cdef list ready_spare
+    cdef Py_ssize_t io_position    # handles of the batch that run before its completions
     cdef object ready_threadsafe   # collections.deque: appended from other threads
     cdef list timers               # binary heap of TimerHandle ordered by (when_, seq)
     cdef uint64_t timer_seq
@@ -149,6 +150,7 @@ cdef class CoreLoop:
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
+    cdef int run_handle(self, Handle h) except -1
     cdef void wake(self)
     cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context)
     cdef int push_timer(self, TimerHandle th) except -1
@@ -162,7 +164,7 @@ cdef class CoreLoop:
     cdef int dispatch_ring(self, Ring ring) except -1
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
-    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1
+    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1
     cdef int run_ready(self) except -1
     cdef int submit_staged(self) except -1
     cdef int before_submit(self) except -1

@@ -544,7 +544,8 @@ cdef class CoreLoop:
 
     cdef int run_once(self) except -1:
         """One iteration, asyncio's cycle: size the ring to what is pending, poll (submit and
-        wait in one io_uring_enter, then collect), run the batch that is ready.
+        wait in one io_uring_enter, then collect), run the batch that is ready: the callbacks
+        queued before the poll, then the completions, then the timers that are due.
 
         Operations that a batch or a completion handler starts are staged (Operation.stage):
         their SQEs are made in poll(), after this entry's ring fit and right before the
@@ -609,7 +610,8 @@ cdef class CoreLoop:
                 self.pop_timer()
                 self.timers_cancelled -= 1
 
-        if self.ready or self.ready_threadsafe or self.stopping_flag:
+        if (self.ready or self.ready_threadsafe or self.stopping_flag or
+                not self.ring.backlog_empty()):
             timeout_ns = 0
         elif self.timers:
             timeout = (<TimerHandle>self.timers[0]).when_ - monotonic()
@@ -647,13 +649,16 @@ cdef class CoreLoop:
             self.submit_staged()
             sends = ul_sq_queued(&self.ring.r) - queued
             completed = self.ring.counters.completed
-            self.enter_and_dispatch(timeout_ns, sends)
+            self.enter_and_reap(timeout_ns, sends)
         completed = self.ring.counters.completed - completed
         events = completed - sends if completed > sends else 0
         self.batching = events >= 2
 
         while self.ready_threadsafe:
             self.ready.append(self.ready_threadsafe.popleft())
+        # As in asyncio, the I/O of this poll runs after the callbacks already queued and
+        # before the timers that are due now.
+        self.io_position = len(self.ready)
 
         end_time = monotonic() + self.clock_resolution
         while self.timers:
@@ -668,7 +673,7 @@ cdef class CoreLoop:
             self.ready.append(th)
         return 0
 
-    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1:
+    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1:
         if timeout_ns != 0:
             if sends and self.batching and \
                     (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
@@ -688,20 +693,27 @@ cdef class CoreLoop:
             # Nothing to wait for, but SQEs to submit or completions to collect. When neither
             # holds (TASKRUN_FLAG tells us), a busy iteration skips the syscall entirely.
             self.ring.enter(0, 0)
-        return self.dispatch_completions()
+        self.ring.reap()
+        return 0
 
     cdef int run_ready(self) except -1:
-        """Run the handles that are ready now; callbacks they schedule wait for the next
-        batch, after the ring has been polled again."""
-        cdef Py_ssize_t i, ntodo
+        """Run the handles that are ready now, with the completions the poll collected at
+        io_position among them; callbacks they schedule wait for the next batch, after the
+        ring has been polled again."""
+        cdef Py_ssize_t i, ntodo, io_position
         cdef Handle h
-        cdef double t0, dt
         cdef list todo = self.ready
         self.ready = self.ready_spare
         ntodo = len(todo)
+        io_position = self.io_position
+        self.io_position = 0
         i = 0
         try:
-            while i < ntodo:
+            while True:
+                if i == io_position:
+                    self.dispatch_completions()
+                if i >= ntodo:
+                    break
                 h = <Handle>todo[i]
                 # Drop the queue's reference now, as asyncio does: an object whose last owner
                 # is this handle (a finished task) must be finalized before the next one runs.
@@ -709,19 +721,7 @@ cdef class CoreLoop:
                 i += 1
                 if h.is_cancelled:
                     continue
-                if self.debug_flag:
-                    self._current_handle = h
-                    t0 = monotonic()
-                    try:
-                        h.run()
-                    finally:
-                        self._current_handle = None
-                    dt = monotonic() - t0
-                    if dt >= self.slow_callback_duration:
-                        logger.warning('Executing %s took %.3f seconds',
-                                       base_events._format_handle(h), dt)
-                else:
-                    h.run()
+                self.run_handle(h)
                 h = None
         finally:
             h = None
@@ -730,6 +730,23 @@ cdef class CoreLoop:
                 self.ready[:0] = todo[i:ntodo]
             todo.clear()
             self.ready_spare = todo
+        return 0
+
+    cdef int run_handle(self, Handle h) except -1:
+        cdef double t0, dt
+        if self.debug_flag:
+            self._current_handle = h
+            t0 = monotonic()
+            try:
+                h.run()
+            finally:
+                self._current_handle = None
+            dt = monotonic() - t0
+            if dt >= self.slow_callback_duration:
+                logger.warning('Executing %s took %.3f seconds',
+                               base_events._format_handle(h), dt)
+        else:
+            h.run()
         return 0
 
     cdef int dispatch_completions(self) except -1:
