@@ -62,7 +62,7 @@ class RingTimeline:
         ax.set_ylim(1, max(self.capacity + self.pending) * 2.5)
         ax.set_xlabel('seconds')
         ax.set_ylabel('entries / operations (log scale)')
-        ax.set_title('uringloop: the io_uring sized to next_power_of_two(pending + 1) '
+        ax.set_title('uringloop: the io_uring follows pending operations '
                      'at every loop iteration')
         top = ax.get_ylim()[1]
         for when, label in self.grouped_marks():

@@ -62,3 +62,42 @@ def test_subprocess_stdin_transport_is_a_full_transport(loop):
         return await proc.wait()
 
     assert loop.run_until_complete(main()) == 0
+
+
+@pytest.mark.parametrize('via', ['protocol', 'add_reader'])
+def test_io_runs_after_callbacks_queued_before_the_poll_and_before_due_timers(loop, via):
+    """asyncio's iteration: the callbacks already queued, then what the poll found (here
+    data_received or a reader callback), then the timers that are due."""
+    order = []
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data):
+            order.append('io')
+
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        if via == 'protocol':
+            transport, _ = await loop.create_connection(Proto, sock=a)
+        else:
+            loop.add_reader(a, lambda: (order.append('io'), loop.remove_reader(a)))
+        for _ in range(3):
+            await asyncio.sleep(0)     # the transport is reading
+        assert order == []
+
+        def kick():
+            b.send(b'x')
+            loop.call_soon(order.append, 'soon')
+            loop.call_later(0, order.append, 'timer')
+        loop.call_soon(kick)
+        while len(order) < 3:
+            await asyncio.sleep(0)
+        assert order == ['soon', 'io', 'timer']
+        if via == 'protocol':
+            transport.close()
+        else:
+            a.close()
+        b.close()
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())

@@ -1,5 +1,6 @@
-"""The ring sizes itself: at every iteration entry SQ == min(next_power_of_two(pending + 1), 32768)
-(the kernel's largest SQ), CQ == 2 x SQ.
+"""The ring sizes itself: at every iteration entry its SQ is need = min(next_power_of_two(pending
++ 1), 32768) (the kernel's largest SQ) or the next power of two up, CQ == 2 x SQ; growing goes to
+need, shrinking (once need is a quarter of the ring) goes to need.
 
 Hypothesis drives random mixes of operations that really go through the kernel (POLL_ADD on
 socketpairs and eventfds, reads that time out, cancellations) and checks, at every iteration
@@ -16,23 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import uringloop
 
 
-from scenarios.ring import ring_size_for
-
-
-class Observer:
-    """Records every iteration entry and checks the invariant there."""
-
-    def __init__(self):
-        self.entries = 0
-        self.violations = []
-        self.max_capacity = 0
-
-    def __call__(self, stats):
-        self.entries += 1
-        self.max_capacity = max(self.max_capacity, stats.capacity)
-        if (stats.capacity != ring_size_for(stats.pending)
-                or stats.cq_capacity != 2 * stats.capacity):
-            self.violations.append(stats)
+from scenarios.ring import EntryChecker, invariant_violations, ring_settled, ring_size_fits
 
 
 class Workload:
@@ -154,7 +139,7 @@ async def drive(loop, work, plan):
 @given(plan=actions)
 def test_capacity_tracks_pending_at_every_iteration(plan):
     loop = uringloop.new_event_loop()
-    observer = Observer()
+    observer = EntryChecker()
     loop._set_iteration_observer(observer)
     errors = []
     loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
@@ -162,7 +147,7 @@ def test_capacity_tracks_pending_at_every_iteration(plan):
     try:
         before = loop.ring_stats()
         loop.run_until_complete(drive(loop, work, plan))
-        idle = loop.ring_stats()
+        idle = loop.run_until_complete(ring_settled(loop))
     finally:
         loop.close()
         work.close()
@@ -181,13 +166,13 @@ def test_capacity_tracks_pending_at_every_iteration(plan):
     # Idle again: only the wake-up read is in flight, the ring is back to its idle size, and
     # every SQE submitted in between had its completion reaped.
     assert idle.pending == 1
-    assert idle.capacity == before.capacity == 2
+    assert before.capacity == 2 and idle.capacity in (2, 4)
     assert idle.submitted - idle.completed == 1
 
 
 def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
     loop = uringloop.new_event_loop()
-    observer = Observer()
+    observer = EntryChecker()
     loop._set_iteration_observer(observer)
     pairs = [socket.socketpair() for _ in range(500)]
     for pair in pairs:
@@ -201,8 +186,7 @@ def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
         for _, b in pairs:
             b.send(b'z')
         await asyncio.gather(*waits)
-        await asyncio.sleep(0.01)
-        return grown, loop.ring_stats()
+        return grown, await ring_settled(loop)
 
     try:
         grown, after = loop.run_until_complete(main())
@@ -217,6 +201,82 @@ def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
     assert after.resizes_up >= 1 and after.resizes_down >= 1
     assert observer.violations == []
     assert observer.max_capacity == 512
+
+
+def test_pending_wavering_around_a_power_of_two_resizes_nothing():
+    """Fifteen operations stay pending while a sixteenth comes and goes every round-trip, so
+    the pending count crosses a power of two at every other iteration entry. The ring grows
+    once and then holds still: before the band it resized twice per round-trip."""
+    loop = uringloop.new_event_loop()
+    observer = EntryChecker()
+    loop._set_iteration_observer(observer)
+    blockers = [socket.socketpair() for _ in range(14)]
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    rounds = 200
+
+    async def main():
+        waits = [loop._wait_readable(x) for x, _ in blockers]
+        await asyncio.sleep(0.01)
+        first = loop.ring_stats()
+        for _ in range(rounds):
+            fut = loop._wait_readable(a)
+            loop.call_soon(b.send, b'x')
+            await fut
+            a.recv(1)
+            await asyncio.sleep(0)     # an iteration entry with only the fifteen pending
+        last = loop.ring_stats()
+        for _, y in blockers:
+            y.send(b'z')
+        await asyncio.gather(*waits)
+        return first, last
+
+    try:
+        first, last = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        for pair in blockers + [(a, b)]:
+            for s in pair:
+                s.close()
+    assert first.pending == 15 and first.capacity == 16
+    assert last.iterations - first.iterations >= 2 * rounds
+    assert last.capacity == 32
+    assert (last.resizes_up + last.resizes_down) - (first.resizes_up + first.resizes_down) == 1
+    assert observer.violations == []
+
+
+def test_ring_shrinks_once_pending_is_a_quarter_of_it():
+    """Shrinking waits until the smallest fitting ring is a quarter of the current one, then
+    goes all the way down to it (once the resize budget allows: ring_settled waits for that)."""
+    loop = uringloop.new_event_loop()
+    observer = EntryChecker()
+    loop._set_iteration_observer(observer)
+    pairs = [socket.socketpair() for _ in range(500)]
+
+    async def main():
+        waits = [loop._wait_readable(x) for x, _ in pairs]
+        await asyncio.sleep(0.01)
+        seen = [loop.ring_stats()]
+        # 501 pending -> 101 (need 128, a quarter of 512), then 61 (need 64: 128 still fits).
+        for keep in (100, 60, 0):
+            for _, y in pairs[keep:]:
+                if y.fileno() >= 0:
+                    y.send(b'z')
+                    y.close()
+            await asyncio.gather(*waits[keep:])
+            seen.append(await ring_settled(loop))
+        return seen
+
+    try:
+        seen = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        for pair in pairs:
+            for s in pair:
+                s.close()
+    assert [(st.pending, st.capacity) for st in seen] == [(501, 512), (101, 128), (61, 128),
+                                                         (1, 2)]
+    assert observer.violations == []
 
 
 def test_no_knob():
@@ -262,9 +322,9 @@ def test_echo_writes_do_not_swing_the_ring():
     are reaped before the following one: at every entry `pending` is the structural count, so
     a ring sized for the connections is not pushed across a power of two by their writes.
     14 connections make that count 30 (a receive at each end of each connection, the
-    listener's accept, the wake-up read): a ring of 32, which two SENDs counted at an entry
-    would take to 64. Had the SENDs been prepared when write() was called, every echo of a
-    dispatch would count at the next entry."""
+    listener's accept, the wake-up read): the ring holds still for the whole echo. Had the
+    SENDs been prepared when write() was called, every echo of a dispatch would count at the
+    next entry."""
     loop = uringloop.new_event_loop()
     seen = []
     recording = False
@@ -308,6 +368,6 @@ def test_echo_writes_do_not_swing_the_ring():
     finally:
         loop.close()
     assert len(seen) > 50
-    assert [st for st in seen if st.capacity != ring_size_for(st.pending)] == []
+    assert invariant_violations(seen) == []
     assert max(st.pending for st in seen) == 2 * nconn + 2
-    assert {st.capacity for st in seen} == {32}
+    assert len({(st.capacity, st.resizes_up, st.resizes_down) for st in seen}) == 1

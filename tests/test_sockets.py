@@ -11,6 +11,7 @@ import pytest
 
 import uringloop
 from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
+from scenarios.ring import ring_settled
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -282,7 +283,7 @@ def test_ring_grows_with_pending_receives_and_shrinks_back(loop):
         results = await asyncio.gather(*tasks)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        after = loop.ring_stats() if is_uring(loop) else None
+        after = await ring_settled(loop) if is_uring(loop) else None
         for a, b in pairs:
             a.close()
             b.close()

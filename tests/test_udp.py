@@ -445,3 +445,42 @@ def test_many_datagrams(loop):
         await sp.lost
 
     loop.run_until_complete(main())
+
+
+def test_unix_datagram_socketpair(loop):
+    """A connected pair of unnamed Unix datagram sockets: datagrams arrive with addr None, and
+    an address given to sendto() goes to the kernel, which reports it to error_received() as on
+    asyncio. sendto(data) without an address: uringloop sends it to the peer (as uvloop does);
+    asyncio's transport passes None as the address to socket.sendto() and dies of the
+    TypeError, a difference the README lists."""
+    async def main():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ta, pa = await loop.create_datagram_endpoint(lambda: Proto(loop), sock=a)
+        tb, pb = await loop.create_datagram_endpoint(lambda: Proto(loop), sock=b)
+        assert ta.get_extra_info('peername') == ''
+        b.send(b'raw')      # from the socket itself, under the transport
+        await wait_for_count(pa, 1)
+        assert pa.data == [(b'raw', None)]
+
+        with tempfile.TemporaryDirectory() as d:
+            ta.sendto(b'elsewhere', os.path.join(d, 'nobody'))
+            await wait_for_count(pa, 2)
+        assert [type(e) for e in pa.errors] == [FileNotFoundError]
+        assert not ta.is_closing()
+
+        ta.sendto(b'to the peer')
+        if is_uring(loop):
+            await wait_for_count(pb, 1)
+            assert pb.data == [(b'to the peer', None)]
+            tb.sendto(b'back', None)
+            await wait_for_count(pa, 3)
+            assert pa.data[-1] == (b'back', None)
+            ta.close()
+            assert await pa.lost is None
+        else:
+            assert isinstance(await pa.lost, TypeError)
+        tb.close()
+        await pb.lost
+
+    loop.set_exception_handler(lambda loop, context: None)   # asyncio's fatal-error log
+    loop.run_until_complete(main())

@@ -354,18 +354,20 @@ def test_without_ring_resizing_the_loop_migrates():
                 b.close()
             while loop.ring_stats().pending > 1:
                 await asyncio.sleep(0.001)
-            await asyncio.sleep(0)
+            # A shrink may wait for the resize budget; the loop wakes up for it.
+            while loop.ring_stats().capacity > 4:
+                await asyncio.sleep(0.001)
             return grown, loop.ring_stats(), got
 
         grown, idle, got = uringloop.run(main())
-        report({"ok": s.ok, "reason": s.reason, "grown": list(grown), "idle": list(idle),
+        report({"ok": s.ok, "reason": s.reason, "grown": grown._asdict(), "idle": idle._asdict(),
                  "got": got})
     """)
     assert res["ok"] is True and "migrat" in res["reason"], res["reason"]
     assert res["got"] == [1000] * 40
     grown, idle = res["grown"], res["idle"]
-    assert grown[0] == 64 and grown[-1] == "migration"     # capacity, resize_method
-    assert idle[0] == 2 and idle[-2] >= 2                    # capacity, migrations
+    assert grown["capacity"] in (64, 128) and grown["resize_method"] == "migration"
+    assert idle["capacity"] == 2 and idle["migrations"] >= 2
 
 
 # -- each injected failure -------------------------------------------------------

@@ -17,6 +17,8 @@ cdef class RingCounters:
     cdef uint64_t submitted
     cdef uint64_t completed
     cdef uint64_t enters
+    cdef double resize_time       # seconds spent resizing or migrating, settling included
+    cdef uint64_t shrinks_deferred  # entries where a due shrink waited for the resize budget
 
 
 cdef class Ring:
@@ -149,12 +151,23 @@ cdef class TimerHandle(Handle):
     cdef bint scheduled
 
 
+cdef class ResizeBudget:
+    cdef double credit            # seconds of resizing the loop may still spend on a shrink
+    cdef double refilled_at
+    cdef double spent_seen        # RingCounters.resize_time when last refilled
+    cdef int refill(self, double now, double spent) except -1
+    cdef double shrink_due(self)
+
+
 cdef class CoreLoop:
     cdef Ring ring
     cdef BufPool bufpool           # provided buffers: registered with the ring, follow it
+    cdef ResizeBudget resize_budget
+    cdef double shrink_wake_at     # a shrink waits for the budget: wake up for it then (or 0)
     cdef OpSlab slab
     cdef list ready
     cdef list ready_spare
+    cdef Py_ssize_t io_position    # handles of the batch that run before its completions
     cdef object ready_threadsafe   # collections.deque: appended from other threads
     cdef list timers               # binary heap of TimerHandle ordered by (when_, seq)
     cdef uint64_t timer_seq
@@ -181,6 +194,7 @@ cdef class CoreLoop:
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
+    cdef int run_handle(self, Handle h) except -1
     cdef void wake(self)
     cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context)
     cdef int push_timer(self, TimerHandle th) except -1
@@ -193,7 +207,7 @@ cdef class CoreLoop:
     cdef int dispatch_ring(self, Ring ring) except -1
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
-    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1
+    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1
     cdef int run_ready(self) except -1
     cdef int submit_staged(self) except -1
     cdef int dispatch_completions(self) except -1

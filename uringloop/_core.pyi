@@ -13,6 +13,10 @@ class RingStats(NamedTuple):
     completed: int
     enters: int
     iterations: int
+    migrations: int
+    resize_method: str
+    resize_time: float
+    shrinks_deferred: int
 
 
 class Support(NamedTuple):

@@ -31,7 +31,7 @@ logger = logging.getLogger('asyncio')
 RingStats = collections.namedtuple(
     'RingStats',
     'capacity cq_capacity pending resizes_up resizes_down submitted completed enters iterations '
-    'migrations resize_method')
+    'migrations resize_method resize_time shrinks_deferred')
 Support = collections.namedtuple('Support', 'ok reason')
 
 # Layer 1, the ring: the C ring layer's owner, the kernel's support and features, and the

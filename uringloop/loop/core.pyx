@@ -6,7 +6,6 @@
 
 from libc.stdint cimport uint64_t, int32_t
 from libc.errno cimport errno
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.unistd cimport close as fd_close, write as fd_write
 
 cdef extern from "sys/eventfd.h" nogil:
@@ -32,6 +31,13 @@ cdef int MIGRATION_ATTEMPTS = 4
 # armed operations answer at once; only work the kernel does off our thread (io-wq) can
 # take longer, and what is left then drains in later iterations.
 cdef double MIGRATION_SETTLE = 0.25
+# Resizing may take at most this fraction of the loop's time, plus RESIZE_BURST: a shrink
+# waits until the loop has earned it (ResizeBudget), so no workload spends its time resizing.
+cdef double RESIZE_SHARE = 1.0 / 64
+cdef double RESIZE_BURST = 0.02
+# The longest a shrink waits: a ring oversized by one huge resize (a migration of tens of
+# thousands of operations) still comes back to size soon after the load has gone.
+cdef double MAX_SHRINK_DELAY = 2.0
 # How long close() waits for cancelled operations to deliver their final CQE.
 cdef double DRAIN_TIMEOUT = 5.0
 
@@ -51,10 +57,35 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-cdef inline double monotonic():
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
+cdef class ResizeBudget:
+    """What bounds the cost of following `pending`. Resizing is a syscall that copies the
+    rings (a migration before Linux 6.13 also moves every armed operation), so a pending count
+    that swings widely at every round-trip could spend most of the loop's time resizing. The
+    loop earns RESIZE_SHARE of the time that passes as credit (at most RESIZE_BURST banked),
+    every resize spends what it took, and a shrink waits while the credit is negative (at
+    most MAX_SHRINK_DELAY). Growing never waits: only shrinks make room for the next grow, so
+    bounding shrinks bounds both."""
+
+    def __cinit__(self):
+        self.credit = RESIZE_BURST
+        self.refilled_at = monotonic()
+
+    cdef int refill(self, double now, double spent) except -1:
+        """Credit the time since the last refill and charge the resizing done since."""
+        self.credit += (now - self.refilled_at) * RESIZE_SHARE - (spent - self.spent_seen)
+        if self.credit > RESIZE_BURST:
+            self.credit = RESIZE_BURST
+        elif self.credit < -MAX_SHRINK_DELAY * RESIZE_SHARE:
+            self.credit = -MAX_SHRINK_DELAY * RESIZE_SHARE
+        self.refilled_at = now
+        self.spent_seen = spent
+        return 0
+
+    cdef double shrink_due(self):
+        """When a deferred shrink may go ahead: the monotonic time the credit is back at 0."""
+        if self.credit >= 0:
+            return self.refilled_at
+        return self.refilled_at - self.credit / RESIZE_SHARE
 
 
 cdef class CoreLoop:
@@ -62,6 +93,7 @@ cdef class CoreLoop:
         self.ring = Ring()
         self.bufpool = BufPool.__new__(BufPool)
         self.bufpool.ring = self.ring
+        self.resize_budget = ResizeBudget()
         self.slab = OpSlab()
         self.ready = []
         self.ready_spare = []
@@ -339,7 +371,9 @@ cdef class CoreLoop:
         """A read-only snapshot of the ring: capacity (SQ entries, as the kernel reports them),
         cq_capacity, pending operations, resizes up and down, SQEs submitted, CQEs completed,
         io_uring_enter calls, loop iterations, how many resizes were migrations to a new ring,
-        and how this kernel resizes ('in-place', or 'migration' before Linux 6.13)."""
+        how this kernel resizes ('in-place', or 'migration' before Linux 6.13), the seconds
+        spent resizing (settling a migration included), and how many iteration entries kept
+        an oversized ring because the resize budget was spent."""
         if self.ring.opened:
             cap = self.ring.kernel_sq_entries()
             cq = self.ring.r.cq_entries
@@ -348,7 +382,8 @@ cdef class CoreLoop:
         cdef RingCounters n = self.ring.counters
         return RingStats(cap, cq, self.slab.live, n.resizes_up, n.resizes_down, n.submitted,
                          n.completed, n.enters, self.iterations, n.migrations,
-                         'in-place' if self.ring.can_resize else 'migration')
+                         'in-place' if self.ring.can_resize else 'migration',
+                         n.resize_time, n.shrinks_deferred)
 
     def _resize_by_migration(self):
         """Testing aid: from now on this loop resizes its ring as on a kernel without
@@ -365,12 +400,26 @@ cdef class CoreLoop:
         self.iteration_observer = observer
 
     cdef int fit_ring(self) except -1:
-        cdef unsigned want, need
+        """Size the ring for the operations pending at this iteration entry (DESIGN.md). With
+        `need` the smallest power of two above `pending` (capped at the kernel's largest), the
+        SQ holds `need` or the next power of two up. A ring below that grows to `need` at once.
+        A ring above it shrinks to `need`, as a dynamic array shrinks at a quarter full, as
+        soon as the resize budget allows; until then it keeps its size. So a pending count
+        wavering around a power of two resizes nothing, and no workload spends more than its
+        budget's share of the loop's time resizing."""
+        cdef unsigned want, need, size
         cdef int attempts = 0
+        cdef bint shrink_deferred = False
+        self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
         while True:
             want = next_power_of_two(self.slab.live + 1)
             need = want if want < UL_SQ_MAX else UL_SQ_MAX
-            if self.ring.r.sq_entries == need:
+            size = self.ring.r.sq_entries
+            if ring_size_fits(size, need):
+                break
+            if size > need and self.resize_budget.credit < 0:
+                shrink_deferred = True
+                self.ring.counters.shrinks_deferred += 1
                 break
             if self.ring.can_resize:
                 self.ring.resize(need)
@@ -382,9 +431,13 @@ cdef class CoreLoop:
             if attempts > MIGRATION_ATTEMPTS or not self.migrate(need):
                 break
             self.slab.fit(want)
+        if self.ring.counters.resize_time != self.resize_budget.spent_seen:
+            self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
+        self.shrink_wake_at = self.resize_budget.shrink_due() if shrink_deferred else 0
         if self.debug_flag:
             cap = self.ring.kernel_sq_entries()
-            if cap != need or self.ring.r.cq_entries != 2 * need:
+            if cap < need or (cap > 2 * need and not shrink_deferred) or \
+                    self.ring.r.cq_entries != 2 * cap:
                 raise AssertionError(
                     'ring invariant broken at iteration entry: SQ %d CQ %d for %d pending'
                     % (cap, self.ring.r.cq_entries, self.slab.live))
@@ -408,6 +461,7 @@ cdef class CoreLoop:
         Returns whether the ring was replaced."""
         cdef Ring old = self.ring
         cdef Ring new = Ring.__new__(Ring)
+        cdef double started = monotonic()
         new.counters = old.counters
         try:
             new.open(sq_entries, False)
@@ -421,6 +475,7 @@ cdef class CoreLoop:
                            'ring of %d for now' % (sq_entries, old.r.sq_entries),
                 'exception': exc,
             })
+            new.counters.resize_time += monotonic() - started
             return False
         if ul_sq_queued(&old.r):
             old.enter(0, 0)
@@ -445,6 +500,7 @@ cdef class CoreLoop:
         else:
             new.counters.resizes_down += 1
         new.counters.migrations += 1
+        new.counters.resize_time += monotonic() - started
         return True
 
     cdef int move_operations(self) except -1:
@@ -485,7 +541,8 @@ cdef class CoreLoop:
 
     cdef int run_once(self) except -1:
         """One iteration, asyncio's cycle: size the ring to what is pending, poll (submit and
-        wait in one io_uring_enter, then collect), run the batch that is ready.
+        wait in one io_uring_enter, then collect), run the batch that is ready: the callbacks
+        queued before the poll, then the completions, then the timers that are due.
 
         Operations that a batch or a completion handler starts are staged (Operation.stage):
         their SQEs are made in poll(), after this entry's ring fit and right before the
@@ -533,7 +590,7 @@ cdef class CoreLoop:
         cdef Py_ssize_t ntimers
         cdef TimerHandle th
         cdef double timeout, end_time
-        cdef long long timeout_ns
+        cdef long long timeout_ns, timeout_ns_shrink
         cdef unsigned queued, sends
         cdef uint64_t completed, events
 
@@ -546,7 +603,8 @@ cdef class CoreLoop:
                 self.pop_timer()
                 self.timers_cancelled -= 1
 
-        if self.ready or self.ready_threadsafe or self.stopping_flag:
+        if (self.ready or self.ready_threadsafe or self.stopping_flag or
+                not self.ring.backlog_empty()):
             timeout_ns = 0
         elif self.timers:
             timeout = (<TimerHandle>self.timers[0]).when_ - monotonic()
@@ -557,6 +615,13 @@ cdef class CoreLoop:
             timeout_ns = <long long>(timeout * 1e9)
         else:
             timeout_ns = -1
+
+        if self.shrink_wake_at:
+            # An idle loop would otherwise keep an oversized ring until its next event.
+            timeout = self.shrink_wake_at - monotonic()
+            timeout_ns_shrink = <long long>(timeout * 1e9) if timeout > 0 else 0
+            if timeout_ns < 0 or timeout_ns > timeout_ns_shrink:
+                timeout_ns = timeout_ns_shrink
 
         if self.draining:
             self.service_draining()
@@ -577,13 +642,16 @@ cdef class CoreLoop:
             self.submit_staged()
             sends = ul_sq_queued(&self.ring.r) - queued
             completed = self.ring.counters.completed
-            self.enter_and_dispatch(timeout_ns, sends)
+            self.enter_and_reap(timeout_ns, sends)
         completed = self.ring.counters.completed - completed
         events = completed - sends if completed > sends else 0
         self.batching = events >= 2
 
         while self.ready_threadsafe:
             self.ready.append(self.ready_threadsafe.popleft())
+        # As in asyncio, the I/O of this poll runs after the callbacks already queued and
+        # before the timers that are due now.
+        self.io_position = len(self.ready)
 
         end_time = monotonic() + self.clock_resolution
         while self.timers:
@@ -598,7 +666,7 @@ cdef class CoreLoop:
             self.ready.append(th)
         return 0
 
-    cdef int enter_and_dispatch(self, long long timeout_ns, unsigned sends) except -1:
+    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1:
         if timeout_ns != 0:
             if sends and self.batching and \
                     (timeout_ns < 0 or timeout_ns > BATCH_WAIT_US * 1000):
@@ -618,20 +686,27 @@ cdef class CoreLoop:
             # Nothing to wait for, but SQEs to submit or completions to collect. When neither
             # holds (TASKRUN_FLAG tells us), a busy iteration skips the syscall entirely.
             self.ring.enter(0, 0)
-        return self.dispatch_completions()
+        self.ring.reap()
+        return 0
 
     cdef int run_ready(self) except -1:
-        """Run the handles that are ready now; callbacks they schedule wait for the next
-        batch, after the ring has been polled again."""
-        cdef Py_ssize_t i, ntodo
+        """Run the handles that are ready now, with the completions the poll collected at
+        io_position among them; callbacks they schedule wait for the next batch, after the
+        ring has been polled again."""
+        cdef Py_ssize_t i, ntodo, io_position
         cdef Handle h
-        cdef double t0, dt
         cdef list todo = self.ready
         self.ready = self.ready_spare
         ntodo = len(todo)
+        io_position = self.io_position
+        self.io_position = 0
         i = 0
         try:
-            while i < ntodo:
+            while True:
+                if i == io_position:
+                    self.dispatch_completions()
+                if i >= ntodo:
+                    break
                 h = <Handle>todo[i]
                 # Drop the queue's reference now, as asyncio does: an object whose last owner
                 # is this handle (a finished task) must be finalized before the next one runs.
@@ -639,19 +714,7 @@ cdef class CoreLoop:
                 i += 1
                 if h.is_cancelled:
                     continue
-                if self.debug_flag:
-                    self._current_handle = h
-                    t0 = monotonic()
-                    try:
-                        h.run()
-                    finally:
-                        self._current_handle = None
-                    dt = monotonic() - t0
-                    if dt >= self.slow_callback_duration:
-                        logger.warning('Executing %s took %.3f seconds',
-                                       base_events._format_handle(h), dt)
-                else:
-                    h.run()
+                self.run_handle(h)
                 h = None
         finally:
             h = None
@@ -660,6 +723,23 @@ cdef class CoreLoop:
                 self.ready[:0] = todo[i:ntodo]
             todo.clear()
             self.ready_spare = todo
+        return 0
+
+    cdef int run_handle(self, Handle h) except -1:
+        cdef double t0, dt
+        if self.debug_flag:
+            self._current_handle = h
+            t0 = monotonic()
+            try:
+                h.run()
+            finally:
+                self._current_handle = None
+            dt = monotonic() - t0
+            if dt >= self.slow_callback_duration:
+                logger.warning('Executing %s took %.3f seconds',
+                               base_events._format_handle(h), dt)
+        else:
+            h.run()
         return 0
 
     cdef int dispatch_completions(self) except -1:

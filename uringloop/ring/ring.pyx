@@ -4,10 +4,17 @@
 from libc.errno cimport EINTR, EBUSY, EAGAIN, EINVAL, EOPNOTSUPP
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport strerror, memmove
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
+
+
+cdef inline double monotonic():
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef inline unsigned next_power_of_two(unsigned n):
@@ -15,6 +22,12 @@ cdef inline unsigned next_power_of_two(unsigned n):
     while p < n:
         p <<= 1
     return p
+
+
+cdef inline bint ring_size_fits(unsigned sq_entries, unsigned need):
+    """The ring-size invariant (DESIGN.md): `need` is the smallest power of two above the
+    pending count, capped at the kernel's largest SQ; the ring holds it or the next one up."""
+    return need <= sq_entries <= (2 * need if need < UL_SQ_MAX else UL_SQ_MAX)
 
 
 cdef class RingCounters:
@@ -103,6 +116,7 @@ cdef class Ring:
 
     cdef int resize(self, unsigned sq_entries) except -1:
         cdef unsigned before = self.r.sq_entries
+        cdef double started = monotonic()
         cdef int err
         self.check_mapped()
         # The kernel refuses (EOVERFLOW) a CQ that holds more than the new size, and SQEs
@@ -111,6 +125,7 @@ cdef class Ring:
             self.enter(0, 0)
         self.reap()
         err = ul_ring_resize(&self.r, sq_entries)
+        self.counters.resize_time += monotonic() - started
         if err < 0:
             if self.r.ring_map == NULL:
                 self.broken = True
@@ -124,7 +139,9 @@ cdef class Ring:
         return 0
 
     cdef int regrow_disabled(self, unsigned sq_entries) except -1:
+        cdef double started = monotonic()
         cdef int err = ul_ring_regrow_disabled(&self.r, sq_entries)
+        self.counters.resize_time += monotonic() - started
         if err < 0:
             raise OSError(-err, "io_uring_setup of %d entries: %s"
                           % (sq_entries, strerror(-err).decode()))

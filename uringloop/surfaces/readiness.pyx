@@ -80,14 +80,21 @@ cdef class FdWatch:
             if not self.loop.closing_flag:
                 poll.arm()
             return 0
+        if self.loop.closing_flag:
+            return 0
         if res < 0:
             # The fd went bad under us (closed without remove_reader): like a selector, report
             # it ready once so the callback sees the error from its own syscall, then stop.
-            self.loop.ready.append(h)
+            self.loop.run_handle(h)
             return 0
-        self.loop.ready.append(h)
-        if not self.loop.closing_flag:
-            poll.arm()      # level-triggered: still ready next iteration -> fires again
+        # The callback runs here, in the batch's I/O phase as in asyncio, and before the poll
+        # is armed again: level-triggered, it fires again next iteration if still ready.
+        try:
+            self.loop.run_handle(h)
+        finally:
+            if (h is (self.writer if poll.for_write else self.reader) and
+                    poll.generation == 0 and not self.loop.closing_flag):
+                poll.arm()
         return 0
 
     cdef bint idle(self):

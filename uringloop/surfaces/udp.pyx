@@ -172,10 +172,7 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
             return
         if not self._buffer:
             try:
-                if self._extra['peername']:
-                    self._sock.send(data)
-                else:
-                    self._sock.sendto(data, addr)
+                self._send_datagram(data, addr)
                 return
             except (BlockingIOError, InterruptedError):
                 self._start_writing()
@@ -192,15 +189,21 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
         self._buffer_size += len(data) + UDP_HEADER_SIZE
         self._maybe_pause_protocol()
 
+    def _send_datagram(self, data, addr):
+        peername = self._extra['peername']
+        # A socket connected to an unnamed Unix peer (a socketpair) has the peername '':
+        # without an address its datagram goes to that peer (asyncio passes None to sendto()).
+        if peername or (addr is None and peername == ''):
+            self._sock.send(data)
+        else:
+            self._sock.sendto(data, addr)
+
     def _sendto_ready(self):
         while self._buffer:
             data, addr = self._buffer.popleft()
             self._buffer_size -= len(data) + UDP_HEADER_SIZE
             try:
-                if self._extra['peername']:
-                    self._sock.send(data)
-                else:
-                    self._sock.sendto(data, addr)
+                self._send_datagram(data, addr)
             except (BlockingIOError, InterruptedError):
                 self._buffer.appendleft((data, addr))
                 self._buffer_size += len(data) + UDP_HEADER_SIZE
