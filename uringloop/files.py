@@ -76,9 +76,22 @@ async def _run(op):
         raise
 
 
+async def _open_fd(loop, path, flags, filename):
+    op = _core._file_open(loop, path, flags, 0o666, filename)
+    try:
+        return await op
+    except _asyncio.CancelledError:
+        fd = await _settled(op)
+        if op.delivered:
+            # The fd was ours, but the cancellation reached us before we could take it.
+            await _close_fd(loop, fd)
+        raise
+
+
 def _path(path):
+    # The path for the kernel, and the name errors carry (os.* report the fspath() value).
     path = _os.fspath(path)
-    return _os.fsencode(path)
+    return _os.fsencode(path), path
 
 
 # -- the path API --------------------------------------------------------------------------
@@ -89,7 +102,8 @@ async def stat(path, *, follow_symlinks=True):
     loop = _loop()
     if isinstance(path, int):
         return await _run(_core._file_statx(loop, b'', path, follow_symlinks, None))
-    return await _run(_core._file_statx(loop, _path(path), -1, follow_symlinks, path))
+    raw, name = _path(path)
+    return await _run(_core._file_statx(loop, raw, -1, follow_symlinks, name))
 
 
 async def lstat(path):
@@ -108,7 +122,8 @@ async def exists(path):
 
 async def unlink(path):
     """Remove the file path, like os.unlink() (UNLINKAT)."""
-    await _run(_core._file_unlink(_loop(), _path(path), False, path))
+    raw, name = _path(path)
+    await _run(_core._file_unlink(_loop(), raw, False, name))
 
 
 remove = unlink
@@ -116,12 +131,14 @@ remove = unlink
 
 async def rmdir(path):
     """Remove the empty directory path, like os.rmdir()."""
-    await _run(_core._file_unlink(_loop(), _path(path), True, path))
+    raw, name = _path(path)
+    await _run(_core._file_unlink(_loop(), raw, True, name))
 
 
 async def rename(src, dst):
     """Rename src to dst, replacing dst if it exists, like os.rename() on Linux (RENAMEAT)."""
-    await _run(_core._file_rename(_loop(), _path(src), _path(dst), src, dst))
+    (src, src_name), (dst, dst_name) = _path(src), _path(dst)
+    await _run(_core._file_rename(_loop(), src, dst, src_name, dst_name))
 
 
 replace = rename
@@ -129,7 +146,8 @@ replace = rename
 
 async def mkdir(path, mode=0o777):
     """Create the directory path, like os.mkdir() (MKDIRAT)."""
-    await _run(_core._file_mkdir(_loop(), _path(path), mode, path))
+    raw, name = _path(path)
+    await _run(_core._file_mkdir(_loop(), raw, mode, name))
 
 
 async def read_bytes(path):
@@ -285,7 +303,7 @@ async def _open(mode):
     if isinstance(file, int):
         fd = file
     else:
-        fd = await _run(_core._file_open(loop, _os.fsencode(file), mode.flags, 0o666, file))
+        fd = await _open_fd(loop, _os.fsencode(file), mode.flags, file)
     try:
         st = await _run(_core._file_statx(loop, b'', fd, True, None))
         if _stat.S_ISDIR(st.st_mode):
@@ -419,7 +437,7 @@ class AsyncFile:
         size = expected + 1 if expected > 0 else CHUNK
         while True:
             got = await self._fill(size)
-            if got == 0 or (expected > 0 and got < size):
+            if got == 0 or (expected > 0 and got < min(size, _core._max_rw_count())):
                 # A short read of a regular file whose size was known is its end.
                 break
             size = min(size * 2, 1 << 30) if expected <= 0 else CHUNK

@@ -85,6 +85,7 @@ cdef class FileOp(Operation):
     cdef FileKind kind
     cdef bint cancellable           # a CLOSE is not: cancelled before it ran, it would leak
     cdef bint finished
+    cdef public bint delivered      # the result went to the future (the caller owns an fd)
     cdef int32_t res
     cdef object filename            # for the OSError, as the caller spelled it
     cdef object filename2
@@ -140,10 +141,13 @@ cdef class FileOp(Operation):
                 except OSError:
                     pass
                 res = 0
-            if fut is None or fut.done():
-                # Nobody waits for the answer any more; an fd opened meanwhile is ours to close.
+            if fut is None or fut.done() or (self.loop.closing_flag and self.kind == K_OPEN):
+                # Nobody waits for the answer any more (or the loop is closing, and nobody
+                # will): an fd opened meanwhile is ours to close.
                 if self.kind == K_OPEN and res >= 0:
                     close_orphan_fd(self.loop, res)
+                if fut is not None and not fut.done():
+                    fut.cancel()
             elif res < 0:
                 if res == -ECANCELED:
                     fut.cancel()
@@ -151,6 +155,7 @@ cdef class FileOp(Operation):
                     fut.set_exception(file_error(-res, self.filename, self.filename2))
             else:
                 fut.set_result(self.value(res))
+                self.delivered = True
         finally:
             self.release_memory()
             if self.settled_future is not None and not self.settled_future.done():
@@ -158,6 +163,7 @@ cdef class FileOp(Operation):
         return 0
 
     cdef object value(self, int32_t res):
+        # The request's result as its caller sees it.
         cdef object out
         if self.kind == K_OPEN or self.kind == K_READINTO or self.kind == K_WRITE:
             return res
@@ -221,7 +227,10 @@ cdef object stat_result(ul_statx *s):
               s.stx_uid, s.stx_gid, s.stx_size,
               s.stx_atime.tv_sec, s.stx_mtime.tv_sec, s.stx_ctime.tv_sec)
     # The fields beyond the tuple are passed by name, as os.stat_result's pickling does.
-    extra = {'st_atime': ans / 1e9, 'st_mtime': mns / 1e9, 'st_ctime': cns / 1e9,
+    # The float times are computed as os.stat computes them, to the last bit.
+    extra = {'st_atime': s.stx_atime.tv_sec + s.stx_atime.tv_nsec * 1e-9,
+             'st_mtime': s.stx_mtime.tv_sec + s.stx_mtime.tv_nsec * 1e-9,
+             'st_ctime': s.stx_ctime.tv_sec + s.stx_ctime.tv_nsec * 1e-9,
              'st_atime_ns': ans, 'st_mtime_ns': mns, 'st_ctime_ns': cns,
              'st_blksize': s.stx_blksize, 'st_blocks': s.stx_blocks,
              'st_rdev': os.makedev(s.stx_rdev_major, s.stx_rdev_minor)}
@@ -379,6 +388,11 @@ def _file_mkdir(loop, bytes path, int mode, filename):
 def _file_is_uringloop(loop):
     """Whether loop can run uringloop's file requests."""
     return isinstance(loop, CoreLoop)
+
+
+def _max_rw_count():
+    """The most bytes one READ or WRITE moves."""
+    return max_rw_count
 
 
 def _set_max_rw_count(Py_ssize_t n):
