@@ -6,6 +6,8 @@ import errno
 import io
 import os
 import random
+import socket
+import sys
 
 import pytest
 
@@ -501,26 +503,28 @@ def test_cancelled_write_reports_through_the_position(tmp_path, small_rw):
     data = payload(100_000)
 
     async def main():
-        written = set()
+        positions = []
         async with uringloop.open(path, 'wb') as f:
-            for spins in range(1, 6):
+            for chunks_before_cancel in (0, 1, 3, 7):
+                await f.seek(0)
                 task = asyncio.ensure_future(f.write(data))
-                for _ in range(spins):
+                # A 4 KiB WRITE at a time: cancel once this many have gone through.
+                for _ in range(10_000):
+                    if await f.tell() >= chunks_before_cancel * 4096:
+                        break
                     await asyncio.sleep(0)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 pos = await f.tell()
-                # What was written is a prefix of the data (whole 4 KiB WRITEs, or none),
-                # ending at the position.
-                assert pos % 4096 == 0 or pos == len(data)
-                written.add(pos)
+                positions.append(pos)
+                # What was written is a prefix of the data, whole WRITEs, up to the position.
+                assert pos % 4096 == 0 and pos < len(data)
                 assert path.read_bytes()[:pos] == data[:pos]
-                await f.seek(0)
-        return written
+        return positions
 
-    # Cancelled at different points, some writes had written part of the data.
-    assert run(main()) - {0, len(data)}
+    positions = run(main())
+    assert positions[1:] == sorted(positions[1:]) and positions[-1] >= 7 * 4096
 
 
 def test_loop_closed_with_a_close_pending_closes_the_fd(tmp_path):
@@ -544,3 +548,83 @@ def test_open_request_cancelled_by_loop_close_closes_its_fd(tmp_path):
     for _ in range(10):
         _core._file_open(loop, os.fsencode(path), os.O_RDONLY | os.O_CLOEXEC, 0, path)
     loop.close()     # the drain answers every OPENAT; whichever opened must be closed
+
+
+# -- a Unix server's socket file ---------------------------------------------------------------
+
+
+def refuse_blocking_fs_calls(monkeypatch):
+    """A blocking-call detector, as test suites use: any os.stat / os.unlink from here on
+    fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('blocking file-system call on the loop thread')
+    for name in ('stat', 'lstat', 'unlink', 'remove'):
+        monkeypatch.setattr(os, name, refuse)
+
+
+def test_unix_server_uses_the_ring_for_its_socket_file(tmp_path, monkeypatch):
+    path = str(tmp_path / 'server.sock')
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)          # a socket file left behind by an earlier server
+    stale.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with monkeypatch.context() as m:
+            refuse_blocking_fs_calls(m)
+            server = await loop.create_unix_server(asyncio.Protocol, path)
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+        return os.path.exists(path)
+
+    still_there = run(main())
+    # Python 3.13 removes the socket file when the server closes; before, it stays.
+    assert still_there == (sys.version_info < (3, 13))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='the socket file cleanup is 3.13+')
+def test_unix_server_cleanup_semantics(tmp_path, monkeypatch):
+    async def main():
+        loop = asyncio.get_running_loop()
+        results = []
+        with monkeypatch.context() as m:
+            refuse_blocking_fs_calls(m)
+            # Removed once closed: wait_closed() returns after the file is gone.
+            a = await loop.create_unix_server(asyncio.Protocol, str(tmp_path / 'a'))
+            a.close()
+            await a.wait_closed()
+            results.append(('a', (tmp_path / 'a').exists()))
+            # Replaced by another file meanwhile: not the server's to remove.
+            b = await loop.create_unix_server(asyncio.Protocol, str(tmp_path / 'b'))
+            m.undo()
+            os.unlink(tmp_path / 'b')
+            (tmp_path / 'b').write_bytes(b'not a socket')
+            refuse_blocking_fs_calls(m)
+            b.close()
+            await b.wait_closed()
+            results.append(('b', (tmp_path / 'b').exists()))
+            # cleanup_socket=False leaves it.
+            c = await loop.create_unix_server(asyncio.Protocol, str(tmp_path / 'c'),
+                                              cleanup_socket=False)
+            c.close()
+            await c.wait_closed()
+            results.append(('c', (tmp_path / 'c').exists()))
+        return results
+
+    assert run(main()) == [('a', False), ('b', True), ('c', True)]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='the socket file cleanup is 3.13+')
+def test_unix_server_closed_outside_the_loop_removes_its_file_at_once(tmp_path):
+    loop = uringloop.new_event_loop()
+    try:
+        path = str(tmp_path / 's')
+        server = loop.run_until_complete(loop.create_unix_server(asyncio.Protocol, path))
+        server.close()          # the loop is not running: removed right here
+        assert not os.path.exists(path)
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()

@@ -402,3 +402,56 @@ def _set_max_rw_count(Py_ssize_t n):
     old = max_rw_count
     max_rw_count = n
     return old
+
+
+# -- a Unix server's socket file ---------------------------------------------------------------
+
+class _SocketFileRemoval:
+    """Counts among a Unix server's clients while its socket file is being removed, so that
+    Server.wait_closed() returns only once the file is gone. close_clients() and
+    abort_clients() find nothing to stop in it."""
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+
+
+cdef set socket_file_removals = set()
+
+
+cdef int remove_unix_socket_file(CoreLoop loop, server, path, inode) except -1:
+    """Remove a closed Unix server's socket file if it is still the one the server bound
+    (Python 3.13's cleanup), with STATX and UNLINKAT on the ring while the loop runs."""
+    if not loop.running_flag or loop.closing_flag or loop.closed_flag:
+        # No iteration to run the requests: nothing waits on this thread either.
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+        return 0
+    token = _SocketFileRemoval()
+    if server is not None:
+        server._attach(token)
+    task = loop.create_task(_remove_socket_file(loop, server, token, path, inode))
+    socket_file_removals.add(task)
+    task.add_done_callback(socket_file_removals.discard)
+    return 0
+
+
+async def _remove_socket_file(loop, server, token, path, inode):
+    cdef bytes raw = os.fsencode(path)
+    try:
+        if (await _file_statx(loop, raw, -1, True, path)).st_ino == inode:
+            await _file_unlink(loop, raw, False, path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+    finally:
+        if server is not None:
+            server._detach(token)
