@@ -435,8 +435,13 @@ cdef int remove_unix_socket_file(CoreLoop loop, server, path, inode) except -1:
             logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
         return 0
     token = _SocketFileRemoval()
-    if server is not None:
-        server._attach(token)
+    # Server.close() has already dropped its sockets, so Server._attach() would refuse: the
+    # token joins the clients directly (3.13's Server keeps them in `_clients`).
+    clients = getattr(server, '_clients', None)
+    if clients is not None:
+        clients.add(token)
+    else:
+        server = None
     task = loop.create_task(_remove_socket_file(loop, server, token, path, inode))
     socket_file_removals.add(task)
     task.add_done_callback(socket_file_removals.discard)
@@ -454,4 +459,4 @@ async def _remove_socket_file(loop, server, token, path, inode):
         logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
     finally:
         if server is not None:
-            server._detach(token)
+            server._detach(token)      # wakes wait_closed() if the token was the last
