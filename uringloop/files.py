@@ -428,9 +428,17 @@ class AsyncFile:
             if size < 0:
                 return await self._read_all()
             while len(self._rbuf) < size:
-                if not await self._fill(size - len(self._rbuf)):
+                if not await self._fill(self._bounded(size - len(self._rbuf))):
                     break
             return self._take(size)
+
+    def _bounded(self, size):
+        # read(n) past the end of a regular file need not allocate n bytes for the READ:
+        # what the file's size leaves (plus one, to see the end), or at least CHUNK.
+        if self._regular and self._pos is not None:
+            left = self._size_hint - self._pos - len(self._rbuf)
+            return min(size, max(left + 1, CHUNK))
+        return size
 
     async def _read_all(self):
         expected = self._size_hint - self._offset(len(self._rbuf)) if self._regular else 0
