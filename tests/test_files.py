@@ -533,9 +533,29 @@ def test_loop_closed_with_a_close_pending_closes_the_fd(tmp_path):
     path = tmp_path / 'f'
     path.write_bytes(b'')
     loop = uringloop.new_event_loop()
-    loop.run_until_complete(asyncio.sleep(0))
     fd = os.open(path, os.O_RDONLY)
-    _core._file_close(loop, fd)       # queued, never submitted: the loop does not run again
+
+    def request_close_and_stop():
+        # Queued on the ring while the loop runs; the loop stops before submitting it, and
+        # close() must see it through.
+        _core._file_close(loop, fd)
+        loop.stop()
+
+    loop.call_soon(request_close_and_stop)
+    loop.run_forever()
+    assert loop.ring_stats().pending == 2     # the CLOSE and the wake-up READ
+    loop.close()
+    with pytest.raises(OSError) as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+
+
+def test_close_requested_on_a_loop_that_never_runs_again(tmp_path):
+    path = tmp_path / 'f'
+    path.write_bytes(b'')
+    loop = uringloop.new_event_loop()      # never run: its ring has not been enabled
+    fd = os.open(path, os.O_RDONLY)
+    _core._file_close(loop, fd)
     loop.close()
     with pytest.raises(OSError) as info:
         os.fstat(fd)

@@ -241,7 +241,7 @@ cdef int close_orphan_fd(CoreLoop loop, int fd) except -1:
     # An OPENAT whose caller was cancelled: close what it opened, on the ring if it can still
     # take requests, else here (the loop is closing).
     cdef FileOp op
-    if not loop.closing_flag and not loop.closed_flag:
+    if loop.running_flag and not loop.closing_flag and not loop.closed_flag:
         op = new_file_op(loop, K_CLOSE, None, None)
         op.fd = fd
         try:
@@ -353,6 +353,18 @@ def _file_close(loop, int fd):
     """CLOSE: not cancellable, so the fd is closed even if the caller is cancelled."""
     cdef FileOp op = awaited(new_file_op(file_loop(loop), K_CLOSE, None, None))
     op.fd = fd
+    if not op.loop.running_flag:
+        # No iteration may ever come to submit it (a loop closed without running again):
+        # close here, where no loop is kept waiting.
+        op.finished = True
+        try:
+            os.close(fd)
+        except OSError as exc:
+            op.res = -exc.errno
+            op.future.set_exception(exc)
+        else:
+            op.future.set_result(None)
+        return op
     op.submit(fd, 0, 0, 0, 0)
     return op
 
