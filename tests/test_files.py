@@ -651,3 +651,61 @@ def test_unix_server_closed_outside_the_loop_removes_its_file_at_once(tmp_path):
         loop.run_until_complete(server.wait_closed())
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='the socket file cleanup is 3.13+')
+def test_unix_server_file_is_gone_when_close_returns(tmp_path, monkeypatch):
+    # asyncio removes the file inside Server.close(); uringloop waits there for the ring's
+    # STATX and UNLINKAT instead of calling os.stat / os.unlink.
+    path = str(tmp_path / 's')
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        with monkeypatch.context() as m:
+            refuse_blocking_fs_calls(m)
+            server.close()
+            gone = not os.access(path, os.F_OK)
+        await server.wait_closed()
+        # The loop goes on as usual: the requests' completions were dispatched once.
+        await asyncio.sleep(0)
+        return gone
+
+    assert run(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='the socket file cleanup is 3.13+')
+def test_unix_server_close_submits_nothing_else_early(tmp_path):
+    # A reader callback that closes a Unix server before reading: the poll re-armed when it
+    # fired must go to the kernel only after the callback has read, or it reports the data
+    # already read and the callback runs again for nothing.
+    path = str(tmp_path / 's')
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        calls = []
+        done = loop.create_future()
+
+        def on_readable():
+            if server.is_serving():
+                server.close()
+            try:
+                calls.append(a.recv(100))
+            except BlockingIOError:
+                calls.append(None)
+            if not done.done():
+                loop.call_later(0.05, done.set_result, None)
+
+        loop.add_reader(a, on_readable)
+        b.send(b'x')
+        await done
+        loop.remove_reader(a)
+        a.close()
+        b.close()
+        await server.wait_closed()
+        return calls, os.access(path, os.F_OK)
+
+    assert run(main()) == ([b'x'], False)

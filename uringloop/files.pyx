@@ -433,19 +433,72 @@ class _SocketFileRemoval:
 cdef set socket_file_removals = set()
 
 
+# How long Server.close() waits for each of the kernel's answers before leaving the rest of
+# the removal to wait_closed(): a file system that stalls must not hang the loop's thread.
+cdef long long SOCKET_FILE_WAIT_NS = 5 * 1000 * 1000 * 1000
+
+cdef object NOT_IN_TIME = object()
+
+
+cdef object file_request_now(CoreLoop loop, FileKind kind, bytes raw, filename):
+    """STATX (following symlinks) or UNLINKAT of raw on the ring, answered before this
+    returns (Ring.await_last): the os.stat_result or None, an OSError raised as os.* raises
+    it, or NOT_IN_TIME. The request has no future: the normal dispatch ends it later."""
+    cdef FileOp op = new_file_op(loop, kind, filename, None)
+    cdef int32_t res = 0
+    op.path = c_path(raw)
+    if kind == K_STATX:
+        op.submit(AT_FDCWD, <uint64_t><size_t>PyBytes_AS_STRING(op.path), STATX_BASIC_STATS,
+                  <uint64_t><size_t>&op.stx, 0)
+    else:
+        op.submit(AT_FDCWD, <uint64_t><size_t>PyBytes_AS_STRING(op.path), 0, 0, 0)
+    if not loop.ring.await_last(op.user_data(), &res, SOCKET_FILE_WAIT_NS):
+        return NOT_IN_TIME
+    if res < 0:
+        raise file_error(-res, filename, None)
+    # The kernel filled stx before posting the CQE; complete() has not run yet.
+    return stat_result(&op.stx) if kind == K_STATX else None
+
+
 cdef int remove_unix_socket_file(CoreLoop loop, server, path, inode) except -1:
     """Remove a closed Unix server's socket file if it is still the one the server bound
-    (Python 3.13's cleanup), with STATX and UNLINKAT on the ring while the loop runs."""
-    if not loop.running_flag or loop.closing_flag or loop.closed_flag:
-        # No iteration to run the requests: nothing waits on this thread either.
+    (Python 3.13's cleanup) before Server.close() returns, as asyncio does. While the loop
+    runs, the STATX and UNLINKAT go through the ring and are awaited right here, so the
+    loop's thread makes no blocking file-system call."""
+    cdef bytes raw = os.fsencode(path)
+    if loop.running_flag and not loop.closing_flag and not loop.closed_flag:
         try:
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
+            st = file_request_now(loop, K_STATX, raw, path)
+            if st is not NOT_IN_TIME:
+                if st.st_ino != inode:
+                    return 0
+                if file_request_now(loop, K_UNLINK, raw, path) is not NOT_IN_TIME:
+                    return 0
+            # The kernel is slow to answer: wait_closed() waits for the rest.
+            remove_unix_socket_file_later(loop, server, path, inode)
+            return 0
         except FileNotFoundError:
-            pass
+            return 0
         except OSError as err:
-            logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
-        return 0
+            if err.filename is not None:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+                return 0
+            # The ring refused the request (no file-system answer): as when the loop is
+            # not running.
+        except RuntimeError:
+            pass        # the ring is unusable (lost in a failed resize): same
+    # No iteration to run the requests: nothing waits on this thread either.
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+    return 0
+
+
+cdef int remove_unix_socket_file_later(CoreLoop loop, server, path, inode) except -1:
     token = _SocketFileRemoval()
     # Server.close() has already dropped its sockets, so Server._attach() would refuse: the
     # token joins the clients directly (3.13's Server keeps them in `_clients`).

@@ -511,6 +511,9 @@ cdef class SocketLoop(IOLoop):
             except OSError:
                 pass
         inode = self.unix_server_inodes.pop(sock, None)
-        if inode is not None:
-            remove_unix_socket_file(self, server, sock.getsockname(), inode)
+        path = sock.getsockname() if inode is not None else None
+        # Closed first, as asyncio does: an interrupt during the removal's wait leaves no
+        # listening socket open.
         sock.close()
+        if inode is not None:
+            remove_unix_socket_file(self, server, path, inode)
