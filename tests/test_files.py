@@ -709,3 +709,24 @@ def test_unix_server_close_submits_nothing_else_early(tmp_path):
         return calls, os.access(path, os.F_OK)
 
     assert run(main()) == ([b'x'], False)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='the socket file cleanup is 3.13+')
+def test_unix_server_slow_removal_is_finished_by_wait_closed(tmp_path, monkeypatch):
+    # Past its bound, close() leaves the rest of the removal to a task wait_closed() awaits.
+    path = str(tmp_path / 's')
+    old = _core._set_socket_file_wait(0)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        with monkeypatch.context() as m:
+            refuse_blocking_fs_calls(m)
+            server.close()
+            await server.wait_closed()
+        return os.access(path, os.F_OK)
+
+    try:
+        assert run(main()) is False
+    finally:
+        _core._set_socket_file_wait(old)

@@ -440,6 +440,15 @@ cdef long long SOCKET_FILE_WAIT_NS = 5 * 1000 * 1000 * 1000
 cdef object NOT_IN_TIME = object()
 
 
+def _set_socket_file_wait(long long ns):
+    """Testing aid: how long Server.close() waits for each answer (0: leave the removal to
+    wait_closed() unless the kernel answers at once); returns the old bound."""
+    global SOCKET_FILE_WAIT_NS
+    old = SOCKET_FILE_WAIT_NS
+    SOCKET_FILE_WAIT_NS = ns
+    return old
+
+
 cdef object file_request_now(CoreLoop loop, FileKind kind, bytes raw, filename):
     """STATX (following symlinks) or UNLINKAT of raw on the ring, answered before this
     returns (Ring.await_last): the os.stat_result or None, an OSError raised as os.* raises
