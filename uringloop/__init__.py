@@ -15,6 +15,10 @@ import sys as _sys
 from uringloop._core import (NativeLoop as _NativeLoop, IoUringUnavailable, RingStats, Support,
                              check_support)
 from uringloop._core import KernelFeatures, kernel_features
+# File I/O on the ring: uringloop.open() (not in __all__, so that `import *` keeps the
+# built-in open) and uringloop.files.stat(), unlink()...
+from uringloop import files
+from uringloop.files import open
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run', 'check_support',
            'IoUringUnavailable', 'RingStats', 'Support', 'KernelFeatures', 'kernel_features')

@@ -45,6 +45,7 @@ cdef class Ring:
     cdef int regrow_disabled(self, unsigned sq_entries) except -1
     cdef unsigned kernel_sq_entries(self)
     cdef io_uring_sqe *get_sqe(self) except NULL
+    cdef int await_last(self, uint64_t user_data, int32_t *res, long long timeout_ns) except -1
     cdef int enter(self, unsigned wait_nr, long long timeout_ns,
                    unsigned min_wait_us=*) except -1
     cdef unsigned reap(self) except? 0

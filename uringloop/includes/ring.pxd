@@ -63,6 +63,8 @@ cdef extern from "ring.h" nogil:
     int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns)
     int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
                                  unsigned min_wait_us)
+    int ul_submit_last_alone(ul_ring *ring, long long timeout_ns)
+    int ul_wait_cqe(ul_ring *ring, unsigned to_submit, long long timeout_ns)
     unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned maxn)
     unsigned ul_cq_ready(const ul_ring *ring)
     int ul_has_work(const ul_ring *ring)

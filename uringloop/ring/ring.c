@@ -352,6 +352,46 @@ int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_
     return sys_enter(ring->fd, to_submit, wait_nr, flags, arg, argsz);
 }
 
+int ul_submit_last_alone(ul_ring *ring, long long timeout_ns)
+{
+    unsigned head = load_acquire(ring->sq_khead);
+    unsigned tail = ring->sq_tail;
+    if (tail == head)
+        return -EINVAL;
+    /* The kernel takes SQEs from its head in order: put the last one there and shift the
+     * others up a slot (the SQ index array, where there is one, is the identity). */
+    struct io_uring_sqe last = ring->sqes[(tail - 1) & ring->sq_mask];
+    for (unsigned i = tail - 1; i != head; i--)
+        ring->sqes[i & ring->sq_mask] = ring->sqes[(i - 1) & ring->sq_mask];
+    ring->sqes[head & ring->sq_mask] = last;
+    return ul_wait_cqe(ring, 1, timeout_ns);
+}
+
+int ul_wait_cqe(ul_ring *ring, unsigned to_submit, long long timeout_ns)
+{
+    if (ring->sq_published != ring->sq_tail) {
+        store_release(ring->sq_ktail, ring->sq_tail);
+        ring->sq_published = ring->sq_tail;
+    }
+    unsigned flags = IORING_ENTER_GETEVENTS;
+    void *arg = NULL;
+    size_t argsz = _NSIG / 8;
+    struct __kernel_timespec ts;
+    struct ul_getevents_arg ext;
+    if (timeout_ns >= 0) {
+        memset(&ext, 0, sizeof(ext));
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        ext.ts = (uint64_t)(uintptr_t)&ts;
+        arg = &ext;
+        argsz = sizeof(ext);
+        flags |= IORING_ENTER_EXT_ARG;
+    }
+    ring->enters++;
+    /* to_submit bounds what the kernel consumes: the SQEs behind stay queued. */
+    return sys_enter(ring->fd, to_submit, 1, flags, arg, argsz);
+}
+
 unsigned ul_cq_ready(const ul_ring *ring)
 {
     return load_acquire(ring->cq_ktail) - *ring->cq_khead;

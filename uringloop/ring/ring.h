@@ -135,6 +135,13 @@ int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns);
  * waits for one completion, since an unbounded wait for several could wait forever. */
 int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
                              unsigned min_wait_us);
+/* Submit only the SQE queued last, ahead of the others queued (they keep their order and
+ * wait for the next submission), and wait up to timeout_ns for a completion. -EINVAL if
+ * nothing is queued. */
+int ul_submit_last_alone(ul_ring *ring, long long timeout_ns);
+/* Submit at most to_submit queued SQEs (0: none) and wait up to timeout_ns (< 0: no limit)
+ * for one completion. */
+int ul_wait_cqe(ul_ring *ring, unsigned to_submit, long long timeout_ns);
 #define UL_FEAT_MIN_TIMEOUT (1U << 15)   /* IORING_FEAT_MIN_TIMEOUT, absent from older headers */
 /* Copy up to max ready CQEs into out and release their slots. */
 unsigned ul_reap(ul_ring *ring, ul_cqe *out, unsigned max);

@@ -205,6 +205,56 @@ cdef class Ring:
             return 0
         raise OSError(-ret, "io_uring_enter: " + strerror(-ret).decode())
 
+    cdef int await_last(self, uint64_t user_data, int32_t *res, long long timeout_ns) except -1:
+        """Submit the SQE queued last (user_data), alone and ahead of the others queued, and
+        wait on this thread until its CQE has been reaped, for at most timeout_ns: return 1
+        with its result in res, or 0 if it did not come in time. For the few answers asyncio's
+        semantics need before a call returns. The other SQEs stay queued for the loop's next
+        enter (a completion handler's re-arm goes in only after its callback has run); every
+        CQE reaped meanwhile, this one included, waits in the backlog for the normal dispatch,
+        in the kernel's order."""
+        # Counted from the backlog's head, which stays put here (nothing is dispatched) while
+        # reap() may move the whole backlog to the start of its buffer.
+        cdef size_t seen = self.harvest_tail - self.harvest_head
+        cdef size_t i
+        cdef int ret
+        cdef unsigned total = ul_sq_queued(&self.r)
+        cdef unsigned queued = total
+        cdef unsigned left_queued
+        cdef double deadline = time.monotonic() + timeout_ns * 1e-9
+        cdef long long left = timeout_ns
+        self.check_mapped()
+        if total == 0:
+            raise RuntimeError("await_last: nothing is queued")
+        with nogil:
+            ret = ul_submit_last_alone(&self.r, left)
+        while True:
+            self.counters.enters += 1
+            left_queued = ul_sq_queued(&self.r)
+            self.counters.submitted += queued - left_queued
+            # Only ours is ever submitted here: it has gone in once the queue is shorter
+            # (EBUSY or EAGAIN can leave it queued, still first in line).
+            queued = left_queued
+            if ret == -EINTR:
+                # A signal: its Python handler runs now. A KeyboardInterrupt propagates; the
+                # CQE still reaches its operation through the normal dispatch.
+                PyErr_CheckSignals()
+            elif ret < 0 and ret != -ETIME and ret != -EBUSY and ret != -EAGAIN:
+                raise OSError(-ret, "io_uring_enter: " + strerror(-ret).decode())
+            self.reap()
+            i = self.harvest_head + seen
+            while i < self.harvest_tail:
+                if self.harvest[i].user_data == user_data:
+                    res[0] = self.harvest[i].res
+                    return 1
+                i += 1
+            seen = self.harvest_tail - self.harvest_head
+            left = <long long>((deadline - time.monotonic()) * 1e9)
+            if left <= 0:
+                return 0
+            with nogil:
+                ret = ul_wait_cqe(&self.r, 1 if queued == total else 0, left)
+
     cdef unsigned reap(self) except? 0:
         """Move every completion the CQ holds to the end of the backlog; return how many."""
         cdef unsigned ready, n

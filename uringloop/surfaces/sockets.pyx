@@ -404,15 +404,21 @@ cdef class SocketLoop(ReadinessLoop):
             path = os.fspath(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             if path[0] not in (0, '\x00'):
-                # A socket file left by an earlier server would make bind() fail.
+                # A socket file left by an earlier server would make bind() fail. Checked
+                # and removed on the ring (STATX, UNLINKAT): the loop's thread never blocks
+                # on the file system.
                 try:
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.remove(path)
+                    if stat.S_ISSOCK((await _file_statx(self, os.fsencode(path), -1, True,
+                                                        path)).st_mode):
+                        await _file_unlink(self, os.fsencode(path), False, path)
                 except FileNotFoundError:
                     pass
                 except OSError as err:
                     logger.error('Unable to check or remove stale UNIX socket %r: %r',
                                  path, err)
+                except BaseException:
+                    sock.close()
+                    raise
             try:
                 sock.bind(path)
             except OSError as exc:
@@ -431,11 +437,15 @@ cdef class SocketLoop(ReadinessLoop):
                 raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
         if cleanup_socket and sys.version_info >= (3, 13):
             path = sock.getsockname()
-            if isinstance(path, str) and path and path[0] != '\x00':
+            if path and path[0] not in (0, '\x00'):
                 try:
-                    self.unix_server_inodes[sock] = os.stat(path).st_ino
+                    self.unix_server_inodes[sock] = (await _file_statx(
+                        self, os.fsencode(path), -1, True, path)).st_ino
                 except FileNotFoundError:
                     pass
+                except BaseException:
+                    sock.close()
+                    raise
         sock.setblocking(False)
         if sys.version_info >= (3, 11):
             server = base_events.Server(self, [sock], protocol_factory, ssl, backlog,
@@ -473,6 +483,7 @@ cdef class SocketLoop(ReadinessLoop):
 
     def _stop_serving(self, sock):
         cdef AcceptOp op = self.listeners.pop(sock.fileno(), None)
+        server = op.server if op is not None else None
         if op is not None:
             op.stop()
             # The ACCEPT holds the listening file in the kernel until its cancellation is
@@ -484,13 +495,9 @@ cdef class SocketLoop(ReadinessLoop):
             except OSError:
                 pass
         inode = self.unix_server_inodes.pop(sock, None)
-        if inode is not None:
-            path = sock.getsockname()
-            try:
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+        path = sock.getsockname() if inode is not None else None
+        # Closed first, as asyncio does: an interrupt during the removal's wait leaves no
+        # listening socket open.
         sock.close()
+        if inode is not None:
+            remove_unix_socket_file(self, server, path, inode)
