@@ -74,7 +74,7 @@ PYTHON=${URINGLOOP_KERNEL_PYTHON:-$PROJECT/.venv/bin/python}
 [ -x "$PYTHON" ] || die "no venv python at $PYTHON: build the project's venv on the host first"
 CACHE=${URINGLOOP_KERNEL_CACHE:-/var/cache/uringloop-kernels}
 TIME_LIMIT=${URINGLOOP_KERNEL_TIMEOUT:-2400}
-MEM=${URINGLOOP_KERNEL_MEM:-6G}   # the 2 GiB write test builds its 2 GiB twice over: 3G ran out
+MEM=${URINGLOOP_KERNEL_MEM:-6G}   # 3G ran out early; the 2 GiB write test needs more than 6G
 T0=$(date +%s)
 
 # 0. Host tools.
