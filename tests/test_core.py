@@ -59,9 +59,11 @@ def test_call_later_order_and_timing(loop):
     results = []
     t0 = loop.time()
     loop.call_later(0.03, results.append, 3)
-    loop.call_later(0.01, results.append, 1)
+    # The same deadline, given as one absolute time: FIFO. (Two call_later(0.01) calls only
+    # share a deadline if the clock did not move between them.)
+    loop.call_at(t0 + 0.01, results.append, 1)
     loop.call_at(t0 + 0.02, results.append, 2)
-    loop.call_later(0.01, results.append, '1b')   # same deadline: FIFO
+    loop.call_at(t0 + 0.01, results.append, '1b')
     loop.call_later(0.05, loop.stop)
     loop.run_forever()
     assert results == [1, '1b', 2, 3]

@@ -29,8 +29,11 @@ WORKER = textwrap.dedent('''
         await asyncio.sleep(120)  # until the test kills it
 
     factory = {'asyncio': asyncio.new_event_loop, 'uringloop': uringloop.new_event_loop}
-    with asyncio.Runner(loop_factory=factory[sys.argv[1]]) as runner:
-        runner.run(main(int(sys.argv[2])))
+    loop = factory[sys.argv[1]]()   # (not asyncio.Runner: Python 3.10 has none)
+    try:
+        loop.run_until_complete(main(int(sys.argv[2])))
+    finally:
+        loop.close()
 ''')
 
 

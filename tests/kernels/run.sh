@@ -2,7 +2,8 @@
 # tests/kernels/run.sh: run the project's test suite on a real Debian kernel booted under qemu.
 #
 # Usage, from anywhere (needs root):
-#   tests/kernels/run.sh 6.1                  # Debian 12's kernel (bookworm)
+#   tests/kernels/run.sh 6.1                  # Debian 12's kernel (bookworm): the whole suite
+#   tests/kernels/run.sh all                  # 6.1, then 6.12: the whole suite on each, counts at the end
 #   tests/kernels/run.sh 6.12 -k ring         # Debian 13's kernel (trixie); the rest goes to pytest
 #   tests/kernels/run.sh 5.10 --python -c 'import uringloop; print(uringloop.check_support())'
 #                                             # Debian 11's kernel; --python runs the venv's python
@@ -20,14 +21,14 @@
 #   2. builds an initramfs: busybox, the 9p/virtio modules from the same package, and an /init
 #      that mounts the host's root filesystem read-only over virtio-9p, puts tmpfs on /tmp,
 #      /var/tmp, /run and /dev/shm, and chroots into it at the project's path;
-#   3. boots it under qemu-system-x86_64 -accel tcg (3 GiB, 2 vCPUs) with a time bound and runs
+#   3. boots it under qemu-system-x86_64 -accel tcg (6 GiB, 2 vCPUs) with a time bound and runs
 #      `<venv python> -m pytest -q -p no:cacheprovider --tb=native -o timeout=600 [ARGS]` in the
 #      project, with the same paths as on the host, so the host's venv and interpreter are used;
 #   4. prints the guest's output, and exits with pytest's status (124 when the time ran out).
 # The guest writes nothing to the host: the tree, the venv and the *.so stay as the host built them.
 #
 # Environment: URINGLOOP_KERNEL_CACHE (default /var/cache/uringloop-kernels),
-# URINGLOOP_KERNEL_TIMEOUT (seconds, default 2400), URINGLOOP_KERNEL_MEM (default 3G),
+# URINGLOOP_KERNEL_TIMEOUT (seconds, default 2400), URINGLOOP_KERNEL_MEM (default 6G),
 # URINGLOOP_KERNEL_PYTHON (default <project>/.venv/bin/python), URINGLOOP_KERNEL_MIRROR
 # (default deb.debian.org, or archive.debian.org for releases no longer on it).
 # Remove everything: rm -rf "$URINGLOOP_KERNEL_CACHE".
@@ -36,8 +37,26 @@ set -euo pipefail
 die() { echo "kernels: $*" >&2; exit 2; }
 say() { echo "kernels: $*" >&2; }
 
-[ $# -ge 1 ] || die "usage: run.sh VERSION [PYTEST ARGS...]   (VERSION: 5.10, 6.1, 6.12)"
+[ $# -ge 1 ] || die "usage: run.sh VERSION|all [PYTEST ARGS...]   (VERSION: 5.10, 6.1, 6.12)"
 VERSION=$1; shift
+
+# `all`: the supported kernels one after another (one guest at a time: each takes both
+# vCPUs), then one line of counts per kernel; the status is the first non-zero one.
+if [ "$VERSION" = all ]; then
+    status=0
+    lines=()
+    for v in 6.1 6.12; do
+        out=$(mktemp)
+        rc=0
+        "$0" "$v" "$@" 2> >(tee "$out" >&2) || rc=$?
+        sleep 1   # let tee finish writing
+        lines+=("$(grep '^kernels: kernel ' "$out" | tail -n1 || echo "kernels: $v: no result (exit $rc)")")
+        rm -f "$out"
+        [ $status != 0 ] || status=$rc
+    done
+    printf '%s\n' "${lines[@]}"
+    exit $status
+fi
 case "$VERSION" in
     5.10) SUITE=bullseye ;;
     6.1) SUITE=bookworm ;;
@@ -55,7 +74,7 @@ PYTHON=${URINGLOOP_KERNEL_PYTHON:-$PROJECT/.venv/bin/python}
 [ -x "$PYTHON" ] || die "no venv python at $PYTHON: build the project's venv on the host first"
 CACHE=${URINGLOOP_KERNEL_CACHE:-/var/cache/uringloop-kernels}
 TIME_LIMIT=${URINGLOOP_KERNEL_TIMEOUT:-2400}
-MEM=${URINGLOOP_KERNEL_MEM:-3G}
+MEM=${URINGLOOP_KERNEL_MEM:-6G}   # 3G ran out early; the 2 GiB write test needs more than 6G
 T0=$(date +%s)
 
 # 0. Host tools.
@@ -186,7 +205,7 @@ else
     # --tb=native: pytest's own traceback formatting (ast.parse of each frame's source) died
     # with "SystemError: AST constructor recursion depth mismatch" (CPython 3.11.7) in the
     # guest, ending the session two thirds in; the native format parses nothing.
-    cmd=("$PYTHON" -m pytest -q -p no:cacheprovider --tb=native -o timeout=600 "$@")
+    cmd=("$PYTHON" -m pytest -q -p no:cacheprovider --tb=native -rfE -o timeout=600 "$@")
 fi
 cmdline=$(printf '%q ' "${cmd[@]}")
 script="cd $(printf %q "$PROJECT") && exec $cmdline"
@@ -211,7 +230,7 @@ elapsed=$(( $(date +%s) - T0 ))
 mv -f "$LOG" "$KDIR/last-run.log"
 LOG=$KDIR/last-run.log
 if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
-    say "timed out after ${TIME_LIMIT}s (kernel $KVER)"
+    say "kernel $KVER: timed out after ${TIME_LIMIT}s; last counts seen: $(grep -E '^[.sFEx]+ +\[ *[0-9]+%\]$' "$LOG" | tr -cd '.sFEx' | awk '{ print gsub(/\./, "") " passed, " gsub(/F/, "") " failed, " gsub(/E/, "") " errors, " gsub(/s/, "") " skipped" }')"
     exit 124
 fi
 rc=$(sed -n 's/^uringloop-guest-exit=\([0-9]*\)$/\1/p' "$LOG" | tail -n1)
