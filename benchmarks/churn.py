@@ -13,9 +13,8 @@ Cases (each one process, one loop, everything on loopback inside that process):
   steady    the same ping-pong with one idle receive fewer: pending moves between 14 and
             15, inside one power of two, so the ring never resizes. What 'cross' costs on
             top of 'steady' is the cost of resizing, on any build.
-  queued    10 Protocol connection pairs echo 1 KiB messages; uringloop stages every write
-            as a SEND on the ring (the 'queued' write path, `_set_write_path('queued')`),
-            whatever its size.
+  queued    10 Protocol connection pairs echo 1 KiB messages; uringloop stages each of
+            these writes as a SEND on the ring (its write path's rule for small writes).
   fanout    each round opens `--fanout` sock_recv operations at once, then a callback sends
             one byte to each; the round ends when all of them completed. Pending jumps by
             `--fanout` and falls back every round.
@@ -205,9 +204,6 @@ async def case_fanout(loop, win, fanout):
 def child_sample(loop_name, case, warmup, window, idle):
     loop_kind = loop_name.split('-')[0]
     loop = C.new_loop(loop_kind)
-    if loop_kind == 'uringloop' and case == 'queued':
-        import uringloop._core
-        uringloop._core._set_write_path('queued')
     asyncio.set_event_loop(loop)
     win = Window(loop, float(warmup), float(window))
 

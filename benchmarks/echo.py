@@ -23,11 +23,10 @@ The machine has two cores: client and server each take one, so compare cpu/rt, n
     python benchmarks/echo.py                       # everything, 3 rounds (~6 min)
     python benchmarks/echo.py --quick               # 1 round, 1 s windows
     python benchmarks/echo.py --styles protocol --sizes 1024 --conns 100
-    python benchmarks/echo.py --loops uringloop,uringloop-direct,uringloop-queued  # write paths
 
-'uringloop' uses the default write path: writes under 32 KiB are staged as a SEND that leaves
-in the iteration's io_uring_enter, larger ones try a direct send() first. 'uringloop-direct'
-sends every write with send() first, 'uringloop-queued' stages every write.
+uringloop's write path: writes under 32 KiB are staged as a SEND that leaves in the iteration's
+io_uring_enter, larger ones try a direct send() first (benchmarks/README.md, "The write path,
+measured").
 """
 
 import argparse
@@ -167,12 +166,7 @@ def server_main(loop_name, style):
     import resource
     sys.path.insert(0, HERE)
     from _common import new_loop
-    if loop_name in ('uringloop-queued', 'uringloop-direct'):
-        loop = new_loop('uringloop')
-        import uringloop._core
-        uringloop._core._set_write_path(loop_name.split('-')[1])
-    else:
-        loop = new_loop(loop_name)
+    loop = new_loop(loop_name)
     asyncio.set_event_loop(loop)
 
     async def stream_handler(reader, writer):

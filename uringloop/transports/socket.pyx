@@ -158,7 +158,7 @@ cdef class SocketStream(Stream):
     cdef bint writes_directly(self, Py_ssize_t n):
         # A socket written to while the loop is not running writes directly: no enter is
         # coming to carry the write.
-        return n >= direct_write_min or not self.loop.running_flag
+        return n >= DIRECT_WRITE_MIN or not self.loop.running_flag
 
     cdef Py_ssize_t write_now(self, char *p, Py_ssize_t n) noexcept:
         return c_send(self.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT)

@@ -14,7 +14,6 @@
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport INT64_MAX
 
 import stat
 import warnings
@@ -35,32 +34,15 @@ cdef extern from "errno.h":
         EINTR_ "EINTR"
 
 
-# The write path, chosen by measurement (benchmarks/echo.py; numbers in benchmarks/README.md).
+# The write path, chosen by measurement (benchmarks/README.md, "The write path, measured").
 # A write smaller than DIRECT_WRITE_MIN is staged: its SEND is made right before the
-# iteration's io_uring_enter and leaves in it, so a server answering many connections makes
-# one syscall per iteration instead of one send() per write (1 KiB echo, 100 connections: 0.2
-# syscalls per round-trip and 10.3 µs of server CPU, against 1.05 and 15.8 with send() first).
-# From 32 KiB on, the write goes out with a direct non-blocking send() first and only what the
-# socket did not take is staged: a staged write keeps its bytes alive across the enter, and
-# with a hundred connections glibc's heap trimming then hands those pages back to the kernel
-# and faults them in again every iteration (64 KiB echo, 100 connections: 117 against 52 µs),
-# while the syscall saved is worth less and less beside the copy.
+# iteration's io_uring_enter and leaves in it, so a server answering many connections makes one
+# syscall per iteration instead of one send() per write. A larger write goes out with a direct
+# non-blocking send() first and only what the socket did not take is staged: a staged write
+# keeps its bytes alive across the enter, and with many connections the allocator then hands
+# those pages back to the kernel and faults them in again every iteration, while the syscall
+# saved is worth less and less beside the copy.
 cdef Py_ssize_t DIRECT_WRITE_MIN = 32768
-cdef Py_ssize_t direct_write_min = DIRECT_WRITE_MIN
-
-
-def _set_write_path(path):
-    """Benchmark aid: measure one write path for every size ('direct' or 'queued'), or go back
-    to the size rule ('auto')."""
-    global direct_write_min
-    if path == 'auto':
-        direct_write_min = DIRECT_WRITE_MIN
-    elif path == 'direct':
-        direct_write_min = 0
-    elif path == 'queued':
-        direct_write_min = INT64_MAX
-    else:
-        raise ValueError(path)
 
 
 # What Stream.call_protocol returns when the protocol raised (None is a valid result).
