@@ -328,7 +328,31 @@ async def _close_fd(loop, fd):
     await _run(_core._file_close(loop, fd))
 
 
-class AsyncFile:
+class _Lines:
+    """Line-wise reading shared by binary and text files, on top of their readline()."""
+
+    async def readlines(self, hint=-1):
+        """Read and return a list of lines (up to about hint bytes, or characters for a text
+        file, if hint > 0)."""
+        lines, total = [], 0
+        async for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class AsyncFile(_Lines):
     """A file opened in binary mode by uringloop.open(); its methods are coroutines, with the
     meaning of the methods of the object the built-in open() returns."""
 
@@ -507,25 +531,6 @@ class AsyncFile:
                 end = size
             return self._take(end)
 
-    async def readlines(self, hint=-1):
-        """Read and return a list of lines (up to about hint bytes if hint > 0)."""
-        lines, total = [], 0
-        async for line in self:
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line
-
     async def pread(self, size, offset):
         """Read up to size bytes at offset without using or moving the file's position; may
         run concurrently with other calls. Returns fewer bytes only at EOF."""
@@ -688,7 +693,7 @@ class AsyncFile:
                     pass
 
 
-class AsyncTextFile:
+class AsyncTextFile(_Lines):
     """A file opened in text mode by uringloop.open(): str in and out, decoded and encoded
     with `encoding`, line endings handled as `newline` says (the built-in open()'s rules).
     Its binary file is `buffer`."""
@@ -792,25 +797,6 @@ class AsyncTextFile:
         if 0 <= size < end:
             end = size
         line, self._chars = self._chars[:end], self._chars[end:]
-        return line
-
-    async def readlines(self, hint=-1):
-        """Read and return a list of lines (up to about hint characters if hint > 0)."""
-        lines, total = [], 0
-        async for line in self:
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
         return line
 
     async def write(self, s):

@@ -316,11 +316,12 @@ int ul_submit_and_wait(ul_ring *ring, unsigned wait_nr, long long timeout_ns)
     return ul_submit_and_wait_batch(ring, wait_nr, timeout_ns, 0);
 }
 
-int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
-                             unsigned min_wait_us)
+/* Publish the SQ tail and enter: submit to_submit SQEs (the kernel takes them from its head in
+ * order, so the ones behind stay queued) and wait for wait_nr completions, for at most
+ * timeout_ns (< 0: no bound) and, with min_wait_us, in a batch bounded by that wait. */
+static int enter_published(ul_ring *ring, unsigned to_submit, unsigned wait_nr,
+                           long long timeout_ns, unsigned min_wait_us)
 {
-    /* Everything the kernel has not consumed, including SQEs a resize already published. */
-    unsigned to_submit = ring->sq_tail - load_acquire(ring->sq_khead);
     if (ring->sq_published != ring->sq_tail) {
         store_release(ring->sq_ktail, ring->sq_tail);
         ring->sq_published = ring->sq_tail;
@@ -330,12 +331,6 @@ int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_
     size_t argsz = _NSIG / 8;
     struct __kernel_timespec ts;
     struct ul_getevents_arg ext;
-    if (min_wait_us && !(ring->features & UL_FEAT_MIN_TIMEOUT)) {
-        /* Without the bounded batch wait, waiting for more than one could wait forever. */
-        min_wait_us = 0;
-        if (wait_nr > 1)
-            wait_nr = 1;
-    }
     if (wait_nr && (timeout_ns >= 0 || min_wait_us)) {
         memset(&ext, 0, sizeof(ext));
         if (timeout_ns >= 0) {
@@ -350,6 +345,20 @@ int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_
     }
     ring->enters++;
     return sys_enter(ring->fd, to_submit, wait_nr, flags, arg, argsz);
+}
+
+int ul_submit_and_wait_batch(ul_ring *ring, unsigned wait_nr, long long timeout_ns,
+                             unsigned min_wait_us)
+{
+    /* Everything the kernel has not consumed, including SQEs a resize already published. */
+    unsigned to_submit = ring->sq_tail - load_acquire(ring->sq_khead);
+    if (min_wait_us && !(ring->features & UL_FEAT_MIN_TIMEOUT)) {
+        /* Without the bounded batch wait, waiting for more than one could wait forever. */
+        min_wait_us = 0;
+        if (wait_nr > 1)
+            wait_nr = 1;
+    }
+    return enter_published(ring, to_submit, wait_nr, timeout_ns, min_wait_us);
 }
 
 int ul_submit_last_alone(ul_ring *ring, long long timeout_ns)
@@ -369,27 +378,7 @@ int ul_submit_last_alone(ul_ring *ring, long long timeout_ns)
 
 int ul_wait_cqe(ul_ring *ring, unsigned to_submit, long long timeout_ns)
 {
-    if (ring->sq_published != ring->sq_tail) {
-        store_release(ring->sq_ktail, ring->sq_tail);
-        ring->sq_published = ring->sq_tail;
-    }
-    unsigned flags = IORING_ENTER_GETEVENTS;
-    void *arg = NULL;
-    size_t argsz = _NSIG / 8;
-    struct __kernel_timespec ts;
-    struct ul_getevents_arg ext;
-    if (timeout_ns >= 0) {
-        memset(&ext, 0, sizeof(ext));
-        ts.tv_sec = timeout_ns / 1000000000LL;
-        ts.tv_nsec = timeout_ns % 1000000000LL;
-        ext.ts = (uint64_t)(uintptr_t)&ts;
-        arg = &ext;
-        argsz = sizeof(ext);
-        flags |= IORING_ENTER_EXT_ARG;
-    }
-    ring->enters++;
-    /* to_submit bounds what the kernel consumes: the SQEs behind stay queued. */
-    return sys_enter(ring->fd, to_submit, 1, flags, arg, argsz);
+    return enter_published(ring, to_submit, 1, timeout_ns, 0);
 }
 
 unsigned ul_cq_ready(const ul_ring *ring)
