@@ -322,24 +322,25 @@ def _file_read(loop, int fd, Py_ssize_t size, long long offset):
     return op
 
 
-def _file_readinto(loop, int fd, buf, long long offset):
-    """One READ into the writable buffer buf at offset: the count of bytes read."""
-    cdef FileOp op = awaited(new_file_op(file_loop(loop), K_READINTO, None, None))
-    PyObject_GetBuffer(buf, &op.view, PyBUF_WRITABLE)
+cdef FileOp submit_on_buffer(loop, FileKind kind, int fd, buf, int buffer_flags,
+                             long long offset):
+    # The op holds the caller's buffer exported until its final CQE.
+    cdef FileOp op = awaited(new_file_op(file_loop(loop), kind, None, None))
+    PyObject_GetBuffer(buf, &op.view, buffer_flags)
     op.has_view = True
     op.submit(fd, <uint64_t><size_t>op.view.buf, <uint32_t>min(op.view.len, max_rw_count),
               <uint64_t>offset, 0)
     return op
+
+
+def _file_readinto(loop, int fd, buf, long long offset):
+    """One READ into the writable buffer buf at offset: the count of bytes read."""
+    return submit_on_buffer(loop, K_READINTO, fd, buf, PyBUF_WRITABLE, offset)
 
 
 def _file_write(loop, int fd, data, long long offset):
     """One WRITE of data (any bytes-like object) at offset: the count of bytes written."""
-    cdef FileOp op = awaited(new_file_op(file_loop(loop), K_WRITE, None, None))
-    PyObject_GetBuffer(data, &op.view, PyBUF_SIMPLE)
-    op.has_view = True
-    op.submit(fd, <uint64_t><size_t>op.view.buf, <uint32_t>min(op.view.len, max_rw_count),
-              <uint64_t>offset, 0)
-    return op
+    return submit_on_buffer(loop, K_WRITE, fd, data, PyBUF_SIMPLE, offset)
 
 
 def _file_fsync(loop, int fd, bint datasync):
