@@ -253,13 +253,13 @@ def one_sample(load_exe, loop_name, style, size, conns, warm, window, cpus=None)
     server_cpu, load_cpu = cpus if cpus else (None, None)
     env = dict(os.environ)
     # "uringloop@TREE" runs the server on the uringloop package found in TREE (a build to
-    # compare against, interleaved in the same run); -S keeps an installed uringloop (an
-    # editable install's import hook among it) from taking its place.
+    # compare against, interleaved in the same run).
     loop_name, _, tree = loop_name.partition('@')
-    env['PYTHONPATH'] = (tree or ROOT) + os.pathsep + env.get('PYTHONPATH', '')
-    python = [sys.executable, '-S'] if tree else [sys.executable]
-    srv = subprocess.Popen(pinned(python + [os.path.abspath(__file__), '--_server',
-                                            loop_name, style], server_cpu),
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    if tree:
+        env['URINGLOOP_BENCH_TREE'] = tree
+    srv = subprocess.Popen(pinned([sys.executable, os.path.abspath(__file__), '--_server',
+                                   loop_name, style], server_cpu),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         port = int(srv.stdout.readline())
