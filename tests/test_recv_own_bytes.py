@@ -308,3 +308,31 @@ def test_buffered_protocol_large_reads_stay_in_its_buffer(loop):
     ok, ncalls = run(loop, main())
     assert ok
     assert ncalls >= 12
+
+
+def test_many_large_reading_connections(loop):
+    """More large-reading connections than a loop receives into their own bytes: all get
+    every byte; the ones past that number stay on the pool's multishot receive."""
+    n = 24
+
+    async def main():
+        conns = [await large_reading_connection(loop) for _ in range(n)]
+        on_pool = pool_receivers(loop)
+        sent = [c[4] for c in conns]
+        for k in range(3):
+            for i, (a, b, tr, pr, _) in enumerate(conns):
+                block = os.urandom(BLOCK)
+                await loop.sock_sendall(b, block)
+                sent[i] += block
+        for i, (a, b, tr, pr, _) in enumerate(conns):
+            await wait_for_bytes(pr, len(sent[i]))
+        ok = all(b''.join(c[3].chunks) == sent[i] for i, c in enumerate(conns))
+        for a, b, tr, pr, _ in conns:
+            tr.close()
+            b.close()
+            await pr.lost_called
+        return ok, on_pool
+    ok, on_pool = run(loop, main())
+    assert ok
+    if is_uring(loop):
+        assert on_pool == n - 16

@@ -22,6 +22,9 @@ cdef extern from "ring.h":
 # back; the gap keeps a connection whose reads vary from flapping between the two.
 cdef Py_ssize_t OWN_BUFFER_SIZE = 65536       # as a pool buffer: the same chunks either way
 cdef Py_ssize_t OWN_BUFFER_READ_MIN = 32768
+# A loop keeps at most this many such receives armed: each holds its own buffer, and past a
+# few dozen those no longer stay in the CPU's cache, where the pool reuses its hottest ones.
+cdef unsigned OWN_BUFFER_RECEIVES_MAX = 16
 
 
 cdef class SocketRecvOp(RecvOp):
@@ -34,14 +37,19 @@ cdef class SocketRecvOp(RecvOp):
     cdef Py_buffer view          # that buffer, exported until the CQE (`pinned` holds its owner)
     cdef bint has_view
     cdef bint into_own_bytes     # the receive in flight is a one-shot RECV into `pinned`
+    cdef bint more_waiting       # the last receive left data in the socket
     cdef Py_ssize_t read_size_avg  # running average of this connection's read sizes
 
     cdef int arm(self) except -1:
         if self.stream.buffered:
             return self.arm_into()
-        if self.read_size_avg >= OWN_BUFFER_READ_MIN:
+        if self.wants_own_bytes():
             return self.arm_own_bytes()
         return self.arm_multishot()
+
+    cdef bint wants_own_bytes(self):
+        return (self.read_size_avg >= OWN_BUFFER_READ_MIN and
+                (<SocketLoop>self.loop).bufpool.own_buffer_receives < OWN_BUFFER_RECEIVES_MAX)
 
     cdef int set_opcode(self, io_uring_sqe *sqe, BufGroup g) except -1:
         self.into_protocol_buffer = False
@@ -67,13 +75,13 @@ cdef class SocketRecvOp(RecvOp):
         self.cancelling = False
         self.into_protocol_buffer = False
         self.into_own_bytes = True
+        (<SocketLoop>self.loop).bufpool.own_buffer_receives += 1
         sqe.opcode = IORING_OP_RECV
         sqe.fd = self.stream.fd
         sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(data)
         sqe.len = <uint32_t>OWN_BUFFER_SIZE
-        if self.read_size_avg < OWN_BUFFER_SIZE:
-            # Reads shorter than the buffer drained the socket: the next data is not there
-            # yet, so wait for it without trying the receive first.
+        if not self.more_waiting:
+            # The last receive drained the socket: wait for data before trying to receive.
             sqe.ioprio = IORING_RECVSEND_POLL_FIRST
         return 0
 
@@ -138,10 +146,12 @@ cdef class SocketRecvOp(RecvOp):
         if self.into_protocol_buffer:
             return self.handle_into(res)
         if self.into_own_bytes:
+            (<SocketLoop>self.loop).bufpool.own_buffer_receives -= 1
+            self.more_waiting = (flags & IORING_CQE_F_SOCK_NONEMPTY) != 0
             return self.handle_own_bytes(res)
         self.count_read(res)
         self.handle_multishot(res, flags, final)
-        if self.read_size_avg >= OWN_BUFFER_READ_MIN and self.generation != 0 \
+        if self.wants_own_bytes() and self.generation != 0 \
                 and not self.cancelling and self.stream.wants_read():
             # Reads became large: end the multishot receive; finish() re-arms it into bytes.
             self.rearm = True
