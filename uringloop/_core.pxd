@@ -80,6 +80,7 @@ cdef class BufPool:
     cdef uint16_t next_bgid
     cdef set receivers           # RecvOp records armed right now, on any group
     cdef list dirty              # groups with buffers given back since the last publish
+    cdef unsigned own_buffer_receives  # receives armed into their own bytes instead (socket.pyx)
     cdef uint64_t front_publishes
     cdef uint64_t grows
     cdef uint64_t shrinks
