@@ -30,6 +30,9 @@
 #
 # Environment: URINGLOOP_KERNEL_CACHE (default /var/cache/uringloop-kernels),
 # URINGLOOP_KERNEL_TIMEOUT (seconds, default 2400), URINGLOOP_KERNEL_MEM (default 8G),
+# URINGLOOP_KERNEL_TIME_FACTOR (default 10: how much longer the guest takes than the host; the
+# guest gets it as URINGLOOP_TEST_TIME_FACTOR, which tests/timebounds.py applies to the bounds
+# of tests that wait on real work such as servers starting; no assertion changes with it),
 # URINGLOOP_KERNEL_PYTHON (default <project>/.venv/bin/python), URINGLOOP_KERNEL_MIRROR
 # (default deb.debian.org, or archive.debian.org for releases no longer on it).
 # Remove everything: rm -rf "$URINGLOOP_KERNEL_CACHE".
@@ -67,7 +70,7 @@ esac
 
 if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || die "needs root (apt-get)"
-    exec sudo --preserve-env=URINGLOOP_KERNEL_CACHE,URINGLOOP_KERNEL_TIMEOUT,URINGLOOP_KERNEL_MEM,URINGLOOP_KERNEL_PYTHON,URINGLOOP_KERNEL_MIRROR "$0" "$VERSION" "$@"
+    exec sudo --preserve-env=URINGLOOP_KERNEL_CACHE,URINGLOOP_KERNEL_TIMEOUT,URINGLOOP_KERNEL_MEM,URINGLOOP_KERNEL_TIME_FACTOR,URINGLOOP_KERNEL_PYTHON,URINGLOOP_KERNEL_MIRROR "$0" "$VERSION" "$@"
 fi
 
 PROJECT=$(cd "$(dirname "$0")/../.." && pwd -P)
@@ -75,6 +78,7 @@ PYTHON=${URINGLOOP_KERNEL_PYTHON:-$PROJECT/.venv/bin/python}
 [ -x "$PYTHON" ] || die "no venv python at $PYTHON: build the project's venv on the host first"
 CACHE=${URINGLOOP_KERNEL_CACHE:-/var/cache/uringloop-kernels}
 TIME_LIMIT=${URINGLOOP_KERNEL_TIMEOUT:-2400}
+TIME_FACTOR=${URINGLOOP_KERNEL_TIME_FACTOR:-10}
 # The 2 GiB write test peaks at 6.3 GB resident on asyncio's loop (its own write buffer holds a
 # second copy) and 4.2 GB on uringloop (measured on the host): 6G was killed there, 8G fits.
 MEM=${URINGLOOP_KERNEL_MEM:-8G}
@@ -211,7 +215,7 @@ else
     cmd=("$PYTHON" -m pytest -q -p no:cacheprovider --tb=native -rfE -o timeout=600 "$@")
 fi
 cmdline=$(printf '%q ' "${cmd[@]}")
-script="cd $(printf %q "$PROJECT") && exec $cmdline"
+script="cd $(printf %q "$PROJECT") && export URINGLOOP_TEST_TIME_FACTOR=$(printf %q "$TIME_FACTOR") && exec $cmdline"
 encoded=$(printf '%s' "$script" | base64 -w0)
 [ ${#encoded} -lt 1500 ] || die "the command is too long for the kernel command line"
 
@@ -233,7 +237,11 @@ elapsed=$(( $(date +%s) - T0 ))
 mv -f "$LOG" "$KDIR/last-run.log"
 LOG=$KDIR/last-run.log
 if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
-    say "kernel $KVER: timed out after ${TIME_LIMIT}s; last counts seen: $(grep -E '^[.sFEx]+ +\[ *[0-9]+%\]$' "$LOG" | tr -cd '.sFEx' | awk '{ print gsub(/\./, "") " passed, " gsub(/F/, "") " failed, " gsub(/E/, "") " errors, " gsub(/s/, "") " skipped" }')"
+    # Progress marks (`.sFE` lines, default verbosity) or one outcome per test (`-v -v`).
+    marks=$(grep -E '^[.sFEx]+ +\[ *[0-9]+%\]$' "$LOG" | tr -cd '.sFEx'
+            sed -nE 's/^[^ ]+::[^ ]+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL).*/\1/p' "$LOG" |
+                sed 's/PASSED/./; s/FAILED/F/; s/ERROR/E/; s/SKIPPED/s/; s/XFAIL/x/' | tr -d '\n')
+    say "kernel $KVER: timed out after ${TIME_LIMIT}s; last counts seen: $(echo "$marks" | awk '{ print gsub(/\./, "") " passed, " gsub(/F/, "") " failed, " gsub(/E/, "") " errors, " gsub(/s/, "") " skipped" }')"
     exit 124
 fi
 rc=$(sed -n 's/^uringloop-guest-exit=\([0-9]*\)$/\1/p' "$LOG" | tail -n1)
