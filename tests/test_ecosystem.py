@@ -13,6 +13,8 @@ import pytest
 
 import uringloop
 
+from timebounds import bound
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,7 +46,7 @@ def test_uvicorn_loop_option(tmp_path):
          '--host', '127.0.0.1', '--port', str(port), '--log-level', 'info'],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + bound(30)
         bodies = []
         while time.monotonic() < deadline and len(bodies) < 20:
             try:

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from servers import free_port
+from timebounds import bound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, 'examples')
@@ -147,7 +148,7 @@ def test_demo_plot(tmp_path):
     png = tmp_path / 'ring.png'
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, 'demo.py'), '--plot', str(png)],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=bound(120))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith('idle loop') and 'ring SQ=' in lines[0]
