@@ -240,7 +240,7 @@ LOG=$KDIR/last-run.log
 if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
     # Progress marks (`.sFE` lines, default verbosity) or one outcome per test (`-v -v`).
     marks=$(grep -E '^[.sFEx]+ +\[ *[0-9]+%\]$' "$LOG" | tr -cd '.sFEx'
-            sed -nE 's/^[^ ]+::[^ ]+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL).*/\1/p' "$LOG" |
+            sed -nE 's/^[^ ]+::.* (PASSED|FAILED|ERROR|SKIPPED|XFAIL)( .*)? +\[ *[0-9]+%\]$/\1/p' "$LOG" |
                 sed 's/PASSED/./; s/FAILED/F/; s/ERROR/E/; s/SKIPPED/s/; s/XFAIL/x/' | tr -d '\n')
     say "kernel $KVER: timed out after ${TIME_LIMIT}s; last counts seen: $(echo "$marks" | awk '{ print gsub(/\./, "") " passed, " gsub(/F/, "") " failed, " gsub(/E/, "") " errors, " gsub(/s/, "") " skipped" }')"
     exit 124
