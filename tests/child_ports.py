@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from timebounds import bound
+
 # bind()'s EADDRINUSE as PostgreSQL and Redis report it: the errno's text.
 _PORT_TAKEN = re.compile(r'address already in use', re.IGNORECASE)
 ATTEMPTS = 5
@@ -32,9 +34,9 @@ def port_taken(output):
 def port_in_output(log_path, proc, pattern, timeout=60.0):
     """Waits until the output that child `proc` writes to log_path matches `pattern`, whose
     first group is the port it listens on, and returns that port. Fails the test with the output
-    if the child exits first or `timeout` seconds pass."""
+    if the child exits first or `timeout` seconds (scaled by the time factor) pass."""
     regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + bound(timeout)
     while True:
         with open(log_path, errors='replace') as log:
             output = log.read()

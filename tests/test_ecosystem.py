@@ -13,6 +13,8 @@ import pytest
 import uringloop
 from child_ports import port_in_output
 
+from timebounds import bound
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,7 +43,7 @@ def test_uvicorn_loop_option(tmp_path):
             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         port = port_in_output(log_path, proc, r'Uvicorn running on http://127\.0\.0\.1:(\d+)')
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + bound(30)
         bodies = []
         while time.monotonic() < deadline and len(bodies) < 20:
             try:

@@ -14,6 +14,7 @@ import pytest
 
 import uringloop
 
+from timebounds import bound
 from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
 
 from scenarios.ring import KERNEL_SQ_MAX, invariant_violations, ring_settled
@@ -133,18 +134,18 @@ def test_graceful_shutdown_of_a_server_with_more_connections_than_the_largest_ri
         proc = await asyncio.create_subprocess_exec(
             sys.executable, '-c', CLIENT, str(port), str(nconns),
             stdout=asyncio.subprocess.PIPE)
-        assert await asyncio.wait_for(proc.stdout.readline(), 120) == b'ready\n'
+        assert await asyncio.wait_for(proc.stdout.readline(), bound(120)) == b'ready\n'
         assert len(writers) == nconns
         server.close()
         for w in writers:
             w.close()
         await asyncio.gather(*(w.wait_closed() for w in writers))
         await server.wait_closed()
-        out = await asyncio.wait_for(proc.stdout.read(), 120)
+        out = await asyncio.wait_for(proc.stdout.read(), bound(120))
         await proc.wait()
         return out
 
-    out = loop.run_until_complete(asyncio.wait_for(scenario(), 240))
+    out = loop.run_until_complete(asyncio.wait_for(scenario(), bound(240)))
     assert out.split() == [b'eofs', str(nconns).encode()]
     assert handlers_done == [b''] * nconns
     if is_uring(loop):

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from child_ports import port_in_output
+from timebounds import bound
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -41,7 +42,11 @@ def command(server, loop_name):
     if server == 'uvicorn':
         loop = 'uringloop:new_event_loop' if loop_name == 'uringloop' else 'asyncio'
         return [sys.executable, '-m', 'uvicorn', 'multicore_app:app', '--workers', '2',
-                '--loop', loop, '--host', '127.0.0.1', '--port', '0', '--log-level', 'info']
+                '--loop', loop, '--host', '127.0.0.1', '--port', '0',
+                # uvicorn's supervisor kills a worker that does not answer its ping within
+                # this many seconds (5 by default), including one still starting up
+                '--timeout-worker-healthcheck', str(round(bound(5))),
+                '--log-level', 'info']
     worker = 'UringloopWorker' if loop_name == 'uringloop' else 'AsyncioWorker'
     return [sys.executable, '-m', 'gunicorn', 'multicore_app:app', '--workers', '2',
             '--worker-class', f'multicore_app.{worker}', '--bind', '127.0.0.1:0',
@@ -62,7 +67,7 @@ def test_two_workers_share_the_port_and_shut_down_gracefully(server, loop_name, 
     try:
         port = port_in_output(log_path, master, LISTENING[server])
         answers = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + bound(60)
         while time.monotonic() < deadline and len({a.split()[0] for a in answers}) < 2:
             try:
                 status, body = get(port, '/')
