@@ -30,7 +30,7 @@ cdef int fileobj_to_fd(fileobj) except -1:
     return fd
 
 
-cdef class WatchPoll(Operation):
+cdef class WatchPoll(LoopOperation):
     """The POLL_ADD behind one direction of an FdWatch."""
     cdef FdWatch watch
     cdef bint for_write
@@ -62,10 +62,10 @@ cdef class FdWatch:
         self.loop = loop
         self.fd = fd
         self.read_poll = WatchPoll.__new__(WatchPoll)
-        self.read_poll.loop = loop
+        attach(self.read_poll, loop)
         self.read_poll.watch = self
         self.write_poll = WatchPoll.__new__(WatchPoll)
-        self.write_poll.loop = loop
+        attach(self.write_poll, loop)
         self.write_poll.watch = self
         self.write_poll.for_write = True
 
@@ -77,10 +77,10 @@ cdef class FdWatch:
         if res == -ECANCELED:
             # Cancelled by remove_*() followed by a new add_*() while the cancel was on its
             # way, or by close(): only the former still wants the fd watched.
-            if not self.loop.closing_flag:
+            if not self.loop.io.closing:
                 poll.arm()
             return 0
-        if self.loop.closing_flag:
+        if self.loop.io.closing:
             return 0
         if res < 0:
             # The fd went bad under us (closed without remove_reader): like a selector, report
@@ -93,7 +93,7 @@ cdef class FdWatch:
             self.loop.run_handle(h)
         finally:
             if (h is (self.writer if poll.for_write else self.reader) and
-                    poll.generation == 0 and not self.loop.closing_flag):
+                    poll.generation == 0 and not self.loop.io.closing):
                 poll.arm()
         return 0
 
@@ -102,7 +102,7 @@ cdef class FdWatch:
                 self.read_poll.generation == 0 and self.write_poll.generation == 0)
 
 
-cdef class WaitPoll(Operation):
+cdef class WaitPoll(LoopOperation):
     """A one-shot POLL_ADD that resolves a future with the ready events."""
     cdef object future
     cdef int fd
@@ -246,8 +246,7 @@ cdef class ReadinessLoop(CoreLoop):
     cdef object wait_fd(self, int fd, uint32_t events):
         """A future resolved with the poll events once fd is ready for `events`; cancelling
         the future cancels the poll (and the record lives on until its final CQE)."""
-        cdef WaitPoll op = WaitPoll.__new__(WaitPoll)
-        op.loop = self
+        cdef WaitPoll op = <WaitPoll>attach(WaitPoll.__new__(WaitPoll), self)
         fut = self.create_future()
         op.future = fut
         op.fd = fd
