@@ -225,23 +225,29 @@ cdef class ReadinessLoop(CoreLoop):
 
     def add_reader(self, fd, callback, *args):
         """Start watching fd for reading: callback(*args) runs while fd is readable."""
-        self._ensure_fd_no_transport(fd)
-        self.add_watch(fd, False, callback, args)
+        self.set_user_watch(fd, False, True, callback, args)
 
     def remove_reader(self, fd):
         """Stop watching fd for reading; return whether it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return self.remove_watch(fd, False)
+        return self.set_user_watch(fd, False, False, None, None)
 
     def add_writer(self, fd, callback, *args):
         """Start watching fd for writing: callback(*args) runs while fd is writable."""
-        self._ensure_fd_no_transport(fd)
-        self.add_watch(fd, True, callback, args)
+        self.set_user_watch(fd, True, True, callback, args)
 
     def remove_writer(self, fd):
         """Stop watching fd for writing; return whether it was watched."""
+        return self.set_user_watch(fd, True, False, None, None)
+
+    cdef bint set_user_watch(self, fd, bint for_write, bint add, callback,
+                             tuple args) except -1:
+        """add_reader/add_writer and remove_reader/remove_writer: as in asyncio, an fd a
+        transport owns is refused."""
         self._ensure_fd_no_transport(fd)
-        return self.remove_watch(fd, True)
+        if not add:
+            return self.remove_watch(fd, for_write)
+        self.add_watch(fd, for_write, callback, args)
+        return True
 
     cdef object wait_fd(self, int fd, uint32_t events):
         """A future resolved with the poll events once fd is ready for `events`; cancelling

@@ -40,6 +40,16 @@ cdef _check_sock(CoreLoop loop, sock):
 cdef int SKIPPED_TRIES = 3
 
 
+cdef int _check_unix_stream_socket(sock, str when_none) except -1:
+    """The ValueError asyncio raises for a sock argument that is not a Unix stream socket
+    (when_none: its message for no sock at all)."""
+    if sock is None:
+        raise ValueError(when_none)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+    return 0
+
+
 cdef class SockSend(LoopOperation):
     """The SEND of one sock_sendall: submitted again until every byte is out (after a POLLOUT
     if the kernel ever answers EAGAIN), then resolving a future with None."""
@@ -374,10 +384,7 @@ cdef class SocketLoop(ReadinessLoop):
                 sock.close()
                 raise
         else:
-            if sock is None:
-                raise ValueError('no path and sock were specified')
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            _check_unix_stream_socket(sock, 'no path and sock were specified')
             sock.setblocking(False)
         kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
         if sys.version_info >= (3, 11):
@@ -430,10 +437,7 @@ cdef class SocketLoop(ReadinessLoop):
                 sock.close()
                 raise
         else:
-            if sock is None:
-                raise ValueError('path was not specified, and no sock specified')
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            _check_unix_stream_socket(sock, 'path was not specified, and no sock specified')
         if cleanup_socket and sys.version_info >= (3, 13):
             path = sock.getsockname()
             if path and path[0] not in (0, '\x00'):
