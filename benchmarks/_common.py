@@ -28,7 +28,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------------------------------
 
 def _import_uringloop():
-    """Import uringloop: the installed copy first, else an in-place build in the repo."""
+    """Import uringloop: the tree named by URINGLOOP_BENCH_TREE (a build to compare against,
+    see `--loops uringloop@TREE`), else the installed copy, else an in-place build in the
+    repo."""
+    tree = os.environ.get('URINGLOOP_BENCH_TREE')
+    if tree:
+        # An editable install's import hook would find the installed copy first.
+        sys.meta_path[:] = [f for f in sys.meta_path
+                            if not type(f).__module__.startswith('__editable__')]
+        sys.path.insert(0, tree)
     try:
         import uringloop
     except ImportError:

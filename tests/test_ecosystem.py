@@ -2,7 +2,6 @@
 aiohttp's server and client, websockets, and anyio. Each checks it really ran on uringloop."""
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,14 +11,9 @@ import urllib.request
 import pytest
 
 import uringloop
+from child_ports import port_in_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_uvicorn_loop_option(tmp_path):
@@ -36,14 +30,17 @@ def test_uvicorn_loop_option(tmp_path):
                         'headers': [(b'content-type', b'text/plain')]})
             await send({'type': 'http.response.body', 'body': body})
     '''))
-    port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT,
                                                        os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'uvicorn', 'app:app', '--loop', 'uringloop:new_event_loop',
-         '--host', '127.0.0.1', '--port', str(port), '--log-level', 'info'],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / 'uvicorn.log'
+    with open(log_path, 'wb') as log:
+        # Port 0: uvicorn binds a port the kernel picks, and names it in its log.
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'uvicorn', 'app:app', '--loop', 'uringloop:new_event_loop',
+             '--host', '127.0.0.1', '--port', '0', '--log-level', 'info'],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
+        port = port_in_output(log_path, proc, r'Uvicorn running on http://127\.0\.0\.1:(\d+)')
         deadline = time.monotonic() + 30
         bodies = []
         while time.monotonic() < deadline and len(bodies) < 20:
@@ -54,12 +51,13 @@ def test_uvicorn_loop_option(tmp_path):
                 if proc.poll() is not None:
                     break
                 time.sleep(0.1)
-        assert bodies == ['uringloop.Loop'] * 20, proc.stdout.read() if proc.poll() else bodies
+        assert bodies == ['uringloop.Loop'] * 20, (
+            log_path.read_text() if proc.poll() is not None else bodies)
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM.
-    text = out.decode(errors='replace')
+    text = log_path.read_text(errors='replace')
     assert proc.returncode in (0, -15), text
     assert 'Finished server process' in text and 'Traceback' not in text, text
 

@@ -15,30 +15,45 @@ import time
 
 import pytest
 
+from child_ports import ATTEMPTS, free_port, port_taken
+
 INSTALL_HINT = ('install it with `apt-get install postgresql redis-server` (Debian/Ubuntu); '
                 '.ci/run does this')
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_until(ready, proc, what, log_path, timeout=30.0):
-    """Polls ready() until it is true; fails with the server's log if it exits or never
-    becomes ready."""
+def wait_until(ready, proc, what, log_path, log_from=0, timeout=30.0):
+    """Polls ready() until it is true, and returns True; returns False if the server exits
+    saying (in its log past offset log_from) that its port was taken; fails with the server's
+    log if it exits otherwise or never becomes ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
         if ready():
-            return
+            return True
         time.sleep(0.05)
     with open(log_path, errors='replace') as log:
-        tail = log.read()[-3000:]
-    pytest.fail(f'{what} did not start (exit code {proc.poll()}); its log:\n{tail}',
+        log.seek(log_from)
+        output = log.read()
+    if proc.poll() is not None and port_taken(output):
+        return False
+    pytest.fail(f'{what} did not start (exit code {proc.poll()}); its log:\n{output[-3000:]}',
                 pytrace=False)
+
+
+def start_on_free_port(server, what, launch):
+    """Starts `server` with launch(port), which returns its process, on a free port and waits
+    until server.ready(). PostgreSQL and Redis cannot be told port 0, so the port is found
+    free here and bound there: if another process takes it in between, the server exits
+    saying so and starts again on another free port."""
+    for _ in range(ATTEMPTS):
+        server.port = free_port()
+        log_from = os.path.getsize(server.log_path) if os.path.exists(server.log_path) else 0
+        server.proc = launch(server.port)
+        if wait_until(server.ready, server.proc, what, server.log_path, log_from):
+            return
+    pytest.fail(f'{what} did not start: {ATTEMPTS} free ports in a row were taken before it '
+                f'bound them', pytrace=False)
 
 
 def stop(proc, sig):
@@ -65,7 +80,7 @@ class PostgresServer:
         self.bindir = self.find_bindir()
         self.dir = tempfile.mkdtemp(prefix='uringloop-pg-')
         self.socket_dir = self.dir
-        self.port = free_port()
+        self.port = None
         self.log_path = os.path.join(self.dir, 'server.log')
         self.proc = None
         self.run_as = {}
@@ -97,13 +112,12 @@ class PostgresServer:
                             '-E', 'UTF8', '--no-sync', '--locale=C'],
                            stdout=log, stderr=subprocess.STDOUT, check=True, cwd=self.dir,
                            timeout=120, **self.run_as)
-            self.proc = subprocess.Popen(
-                [self.tool('postgres'), '-D', data, '-p', str(self.port),
+            start_on_free_port(self, 'PostgreSQL', lambda port: subprocess.Popen(
+                [self.tool('postgres'), '-D', data, '-p', str(port),
                  '-c', 'listen_addresses=127.0.0.1', '-c', f'unix_socket_directories={self.dir}',
                  '-c', 'fsync=off', '-c', 'synchronous_commit=off',
                  '-c', 'full_page_writes=off', '-c', 'max_connections=60'],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, **self.run_as)
-        wait_until(self.ready, self.proc, 'PostgreSQL', self.log_path)
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, **self.run_as))
 
     def ready(self):
         return subprocess.run([self.tool('pg_isready'), '-q', '-h', self.dir, '-p',
@@ -124,7 +138,7 @@ class RedisServer:
         if self.binary is None:
             pytest.fail('redis-server not found: ' + INSTALL_HINT, pytrace=False)
         self.dir = tempfile.mkdtemp(prefix='uringloop-redis-')
-        self.port = free_port()
+        self.port = None
         self.unix_socket = os.path.join(self.dir, 'redis.sock')
         self.log_path = os.path.join(self.dir, 'server.log')
         self.proc = None
@@ -135,12 +149,11 @@ class RedisServer:
 
     def start(self):
         with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(
-                [self.binary, '--port', str(self.port), '--bind', '127.0.0.1',
+            start_on_free_port(self, 'Redis', lambda port: subprocess.Popen(
+                [self.binary, '--port', str(port), '--bind', '127.0.0.1',
                  '--unixsocket', self.unix_socket, '--dir', self.dir, '--save', '',
                  '--appendonly', 'no', '--daemonize', 'no', '--logfile', ''],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        wait_until(self.ready, self.proc, 'Redis', self.log_path)
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir))
 
     def ready(self):
         try:

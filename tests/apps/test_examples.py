@@ -1,9 +1,11 @@
-"""The programs in examples/, each run as a user would run it, briefly, on a free port: the
-HTTP service, the websocket chat, the TCP proxy, the Redis job queue, and demo.py with --plot."""
+"""The programs in examples/, each run as a user would run it, briefly, on port 0 (a port the
+kernel picks, which the program names in its first line): the HTTP service, the websocket chat,
+the TCP proxy, the Redis job queue, and demo.py with --plot."""
 
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -14,7 +16,6 @@ import urllib.request
 
 import pytest
 
-from servers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, 'examples')
@@ -31,6 +32,13 @@ class Example:
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.first_line = self.proc.stdout.readline()
+
+    def port(self, first_line):
+        """The port in the program's first line, which must match the pattern `first_line`
+        (with the port as its first group)."""
+        match = re.fullmatch(first_line, self.first_line)
+        assert match, self.first_line + (self.proc.stdout.read() if self.proc.poll() is not None else '')
+        return int(match.group(1))
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -52,9 +60,8 @@ def fetch(url, data=None):
 
 
 def test_http_service():
-    port = free_port()
-    with Example('http_service.py', '--port', str(port)) as example:
-        assert example.first_line == f'serving on http://127.0.0.1:{port}\n', example.first_line
+    with Example('http_service.py', '--port', '0') as example:
+        port = example.port(r'serving on http://127\.0\.0\.1:(\d+)\n')
         base = f'http://127.0.0.1:{port}'
         created = [fetch(base + '/items', json.dumps({'name': name}).encode())
                    for name in ('apple', 'pear')]
@@ -72,9 +79,7 @@ def test_http_service():
 def test_ws_chat():
     from websockets.asyncio.client import connect
 
-    port = free_port()
-
-    async def chat():
+    async def chat(port):
         url = f'ws://127.0.0.1:{port}'
         async with connect(url + '/alice') as alice:
             assert await alice.recv() == '* alice joined (1 here)'
@@ -88,9 +93,9 @@ def test_ws_chat():
             assert await alice.recv() == '* bob left'
         return heard
 
-    with Example('ws_chat.py', '--port', str(port)) as example:
-        assert example.first_line == f'chat on ws://127.0.0.1:{port}/<your name>\n'
-        heard = asyncio.run(asyncio.wait_for(chat(), 30))
+    with Example('ws_chat.py', '--port', '0') as example:
+        port = example.port(r'chat on ws://127\.0\.0\.1:(\d+)/<your name>\n')
+        heard = asyncio.run(asyncio.wait_for(chat(port), 30))
         returncode, rest = example.stop()
     assert heard == ['alice: hello bob'] * 2 + ['bob: hi alice'] * 2
     assert (returncode, rest) == (0, 'stopped\n')
@@ -107,12 +112,10 @@ def test_tcp_proxy():
         echo.daemon_threads = True
         threading.Thread(target=echo.serve_forever, daemon=True).start()
         target = echo.server_address[1]
-        port = free_port()
         try:
-            with Example('tcp_proxy.py', '--listen', f'127.0.0.1:{port}',
+            with Example('tcp_proxy.py', '--listen', '127.0.0.1:0',
                          '--target', f'127.0.0.1:{target}') as example:
-                assert example.first_line == \
-                    f'proxying 127.0.0.1:{port} -> 127.0.0.1:{target}\n'
+                port = example.port(rf'proxying 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:{target}\n')
                 payload = os.urandom(1 << 20)
                 with socket.create_connection(('127.0.0.1', port), timeout=10) as conn:
                     sender = threading.Thread(target=conn.sendall, args=(payload,))

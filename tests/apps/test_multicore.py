@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from servers import free_port
+from child_ports import port_in_output
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -31,31 +31,36 @@ def get(port, path, timeout=10):
         conn.close()
 
 
-def command(server, loop_name, port):
+# Each master binds port 0 (the kernel picks a free port, so no other process can take it
+# first) and names the port it got in its log.
+LISTENING = {'uvicorn': r'Uvicorn running on http://127\.0\.0\.1:(\d+)',
+             'gunicorn': r'Listening at: http://127\.0\.0\.1:(\d+)'}
+
+
+def command(server, loop_name):
     if server == 'uvicorn':
         loop = 'uringloop:new_event_loop' if loop_name == 'uringloop' else 'asyncio'
         return [sys.executable, '-m', 'uvicorn', 'multicore_app:app', '--workers', '2',
-                '--loop', loop, '--host', '127.0.0.1', '--port', str(port),
-                '--log-level', 'info']
+                '--loop', loop, '--host', '127.0.0.1', '--port', '0', '--log-level', 'info']
     worker = 'UringloopWorker' if loop_name == 'uringloop' else 'AsyncioWorker'
     return [sys.executable, '-m', 'gunicorn', 'multicore_app:app', '--workers', '2',
-            '--worker-class', f'multicore_app.{worker}', '--bind', f'127.0.0.1:{port}',
+            '--worker-class', f'multicore_app.{worker}', '--bind', '127.0.0.1:0',
             '--graceful-timeout', '30', '--log-level', 'info']
 
 
 @pytest.mark.parametrize('loop_name', sorted(LOOPS))
 @pytest.mark.parametrize('server', ['uvicorn', 'gunicorn'])
 def test_two_workers_share_the_port_and_shut_down_gracefully(server, loop_name, tmp_path):
-    port = free_port()
     started = tmp_path / 'started'
     started.mkdir()
     env = dict(os.environ, SLOW_STARTED_DIR=str(started), PYTHONPATH=os.pathsep.join(
         [os.path.join(HERE, 'multicore'), ROOT, os.environ.get('PYTHONPATH', '')]))
     log_path = tmp_path / 'server.log'
     with open(log_path, 'wb') as log:
-        master = subprocess.Popen(command(server, loop_name, port), env=env, stdout=log,
+        master = subprocess.Popen(command(server, loop_name), env=env, stdout=log,
                                   stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
+        port = port_in_output(log_path, master, LISTENING[server])
         answers = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len({a.split()[0] for a in answers}) < 2:

@@ -147,14 +147,23 @@ cdef class Stream:
         return 0
 
     cdef int on_chunk(self, char *p, Py_ssize_t n) except -1:
+        """n received bytes at p, in memory the caller reuses once this returns."""
+        if self.closing or self.eof_seen:
+            return 0
+        if self.buffered and not (self.paused or self.received_while_paused):
+            return self.feed_buffered(p, n)
+        return self.on_received(PyBytes_FromStringAndSize(p, n))
+
+    cdef int on_received(self, bytes data) except -1:
+        """Received bytes in an object of their own, which no one else references."""
         if self.closing or self.eof_seen:
             return 0                 # asyncio stops reading at close(): late bytes are dropped
         if self.paused or self.received_while_paused:
-            self.received_while_paused.append(PyBytes_FromStringAndSize(p, n))
+            self.received_while_paused.append(data)
             return 0
         if self.buffered:
-            return self.feed_buffered(p, n)
-        self.call_protocol('data_received', (PyBytes_FromStringAndSize(p, n),))
+            return self.feed_buffered(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        self.call_protocol('data_received', (data,))
         return 0
 
     cdef int feed_buffered(self, char *p, Py_ssize_t n) except -1:
