@@ -1,8 +1,9 @@
 # Declarations of the core's cdef classes that more than one layer of DESIGN.md uses:
-# ring (ring/ring.pyx, ring/bufring.pyx), operations (ops/operation.pyx), the loop core
-# (loop/handles.pyx, loop/core.pyx). Every .pyx file is included into _core.pyx so calls
+# ring (ring/ring.pyx, ring/bufring.pyx), operations and the I/O manager (ops/operation.pyx,
+# ops/io_manager.pyx), the loop core (loop/handles.pyx, loop/core.pyx). Every .pyx file is included into _core.pyx so calls
 # between layers stay C calls.
 
+cimport cython
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
 
 from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe, ul_pbuf_ring
@@ -78,7 +79,8 @@ cdef class BufPool:
     cdef Ring ring
     cdef BufGroup current
     cdef uint16_t next_bgid
-    cdef set receivers           # RecvOp records armed right now, on any group
+    cdef set receivers           # receive operations armed right now, on any group
+    cdef BufGroup retired        # replaced by switch(); its receives not yet asked to move
     cdef list dirty              # groups with buffers given back since the last publish
     cdef unsigned own_buffer_receives  # receives armed into their own bytes instead (socket.pyx)
     cdef uint64_t front_publishes
@@ -98,7 +100,7 @@ cdef class BufPool:
 
 
 cdef class Operation:
-    cdef CoreLoop loop
+    cdef IOManager io             # registers it, submits it and dispatches its completions
     cdef uint32_t slot
     cdef uint32_t generation      # 0 while the record is not registered with the slab
     cdef bint cancelling
@@ -161,12 +163,42 @@ cdef class ResizeBudget:
     cdef double shrink_due(self)
 
 
-cdef class CoreLoop:
+@cython.final
+cdef class IOManager:
     cdef Ring ring
+    cdef OpSlab slab
     cdef BufPool bufpool           # provided buffers: registered with the ring, follow it
     cdef ResizeBudget resize_budget
     cdef double shrink_wake_at     # a shrink waits for the budget: wake up for it then (or 0)
-    cdef OpSlab slab
+    cdef list draining             # rings replaced by a migration, until their last CQE
+    cdef bint moves_failed         # an operation could not be asked to move: ask again
+    cdef bint settled_at_entry     # a migration dispatched completions at this entry
+    cdef list staged               # Operations whose SQE is made right before the next enter
+    cdef bint batching             # busy: an enter that submits SENDs waits for 2 more CQEs
+    cdef uint64_t unowned_buffer_cqes  # CQEs with F_BUFFER that no operation claimed
+    cdef bint closing              # close() is draining: completions must not re-arm
+    cdef bint forked               # in a child after fork(): the ring is the parent's
+    cdef object report_error       # the loop's call_exception_handler
+    cdef object __weakref__
+
+    cdef int check_usable(self) except -1
+    cdef int fit(self, bint verify) except -1
+    cdef bint migrate(self, unsigned sq_entries) except -1
+    cdef int move_operations(self) except -1
+    cdef int service_draining(self) except -1
+    cdef int submit_staged(self, bint verify) except -1
+    cdef int submit_now(self, bint verify) except -1
+    cdef int wait(self, long long timeout_ns, bint verify) except -1
+    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1
+    cdef int dispatch_completions(self) except -1
+    cdef int dispatch_ring(self, Ring ring) except -1
+    cdef int drain_operations(self, double deadline) except -1
+    cdef int close(self, double deadline) except -1
+    cdef void orphan_live_operations(self)
+
+
+cdef class CoreLoop:
+    cdef IOManager io              # the ring and everything in flight on it
     cdef list ready
     cdef list ready_spare
     cdef Py_ssize_t io_position    # handles of the batch that run before its completions
@@ -175,11 +207,10 @@ cdef class CoreLoop:
     cdef uint64_t timer_seq
     cdef Py_ssize_t timers_cancelled
     cdef bint closed_flag
-    cdef bint closing_flag         # close() is draining: completions must not re-arm
     cdef bint stopping_flag
     cdef bint running_flag
     cdef bint debug_flag
-    cdef bint forked
+    cdef bint in_stream_completion # a transport's completion is being handled right now
     cdef object owner_pid
     cdef double clock_resolution
     cdef object iteration_observer
@@ -187,12 +218,6 @@ cdef class CoreLoop:
     cdef Operation wakeup_op
     cdef int wakeup_fd
     cdef bint wakeup_armed_write   # a write to wakeup_fd is on its way and not yet consumed
-    cdef list draining             # rings replaced by a migration, until their last CQE
-    cdef bint moves_failed         # an operation could not be asked to move: ask again
-    cdef bint settled_at_entry     # a migration dispatched completions at this entry
-    cdef list staged               # Operations whose SQE is made right before the next enter
-    cdef bint batching             # busy: an enter that submits SENDs waits for 2 more CQEs
-    cdef uint64_t unowned_buffer_cqes  # CQEs with F_BUFFER that no operation claimed
     cdef object __weakref__
 
     cdef inline Handle new_handle(self, callback, tuple args, context)
@@ -202,16 +227,7 @@ cdef class CoreLoop:
     cdef int push_timer(self, TimerHandle th) except -1
     cdef TimerHandle pop_timer(self)
     cdef int rebuild_timers(self) except -1
-    cdef int fit_ring(self) except -1
-    cdef bint migrate(self, unsigned sq_entries) except -1
-    cdef int move_operations(self) except -1
-    cdef int service_draining(self) except -1
-    cdef int dispatch_ring(self, Ring ring) except -1
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
-    cdef int enter_and_reap(self, long long timeout_ns, unsigned sends) except -1
     cdef int run_ready(self) except -1
-    cdef int submit_staged(self) except -1
-    cdef int dispatch_completions(self) except -1
-    cdef int drain_operations(self, double deadline) except -1
     cdef int check_usable(self) except -1

@@ -40,8 +40,10 @@ include "ring/ring.pyx"
 include "ring/support.pyx"
 include "ring/features.pyx"
 include "ring/bufring.pyx"
-# Layer 2, operations: the records of what the kernel is doing, found from each CQE.
+# Layer 2, operations: the records of what the kernel is doing, found from each CQE, and the
+# I/O manager that submits them and dispatches their completions.
 include "ops/operation.pyx"
+include "ops/io_manager.pyx"
 # Layer 3, the loop core: handles, the ready queue, timers, the iteration, close.
 include "loop/handles.pyx"
 include "loop/core.pyx"

@@ -20,16 +20,16 @@ cdef class Operation:
     cdef io_uring_sqe *prepare(self) except NULL:
         """Register with the slab (it now counts as pending) and return a zeroed SQE of the
         loop's ring whose user_data points back here."""
-        return self.prepare_on(self.loop.ring)
+        return self.prepare_on(self.io.ring)
 
     cdef io_uring_sqe *prepare_on(self, Ring ring) except NULL:
         cdef io_uring_sqe *sqe
-        self.loop.check_usable()
-        self.loop.slab.acquire(self)
+        self.io.check_usable()
+        self.io.slab.acquire(self)
         try:
             sqe = ring.get_sqe()
         except BaseException:
-            self.loop.slab.release(self)
+            self.io.slab.release(self)
             raise
         self.ring = ring
         ring.live += 1
@@ -68,7 +68,7 @@ cdef class Operation:
         at the next ring fit; work that piles up meanwhile leaves in the same SQE."""
         if not self.staged:
             self.staged = True
-            self.loop.staged.append(self)
+            self.io.staged.append(self)
         return 0
 
     cdef int flush(self) except -1:
@@ -83,7 +83,7 @@ cdef class Operation:
             self.moving = False
             return 0
         cdef CancelOp req = CancelOp.__new__(CancelOp)
-        req.loop = self.loop
+        req.io = self.io
         req.target = self
         # Marked only once the request exists: if preparing it fails, a later cancel (or
         # close()'s drain) asks again instead of waiting for an answer that never comes.
@@ -196,31 +196,3 @@ cdef class OpSlab:
                 self.free_slots[self.nfree] = i
                 self.nfree += 1
         return 0
-
-
-cdef class WakeupRead(Operation):
-    """An eventfd READ kept in flight so call_soon_threadsafe and signals can wake the loop
-    out of io_uring_enter. The kernel writes into `value`, a field of this record."""
-    cdef uint64_t value
-
-    cdef int arm(self) except -1:
-        cdef io_uring_sqe *sqe = self.prepare()
-        sqe.opcode = IORING_OP_READ
-        sqe.fd = self.loop.wakeup_fd
-        sqe.addr = <uint64_t><size_t>&self.value
-        sqe.len = 8
-        sqe.off = <uint64_t>-1
-        return 0
-
-    cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        self.loop.wakeup_armed_write = False
-        if not self.loop.closing_flag and not self.cancelling:
-            self.arm()
-        return 0
-
-    cdef bint movable(self):
-        return True
-
-    cdef int resubmit(self) except -1:
-        self.arm()
-        return 1

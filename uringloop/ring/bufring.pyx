@@ -212,7 +212,6 @@ cdef class BufPool:
     cdef int switch(self, unsigned nbufs) except -1:
         cdef BufGroup g = BufGroup.__new__(BufGroup)
         cdef BufGroup old = self.current
-        cdef RecvOp op
         cdef int tries = 0
         while True:
             try:
@@ -227,12 +226,9 @@ cdef class BufPool:
         self.next_bgid = <uint16_t>(self.next_bgid + 1) or 1
         self.current = g
         if old is not None:
-            # Move the receives still on the old group: each re-arms on `current` from its
-            # final CQE.
-            for op in list(self.receivers):
-                if op.group is old:
-                    op.rearm = True
-                    op.cancel()
+            # The receives still on the old group must move; their owners do that (this
+            # layer knows buffers, not receives): see move_off_retired() in stream_ops.pyx.
+            self.retired = old
         return 0
 
     cdef tuple stats(self):

@@ -95,6 +95,13 @@ static void ulf_ring_close(ulf_ring *r)
         close(r->fd);
 }
 
+/* One region of the ring mapped, or NULL with errno set. */
+static void *ulf_map(int fd, size_t size, off_t offset)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, offset);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 static int ulf_ring_open(ulf_ring *r)
 {
     memset(r, 0, sizeof(*r));
@@ -108,20 +115,11 @@ static int ulf_ring_open(ulf_ring *r)
     size_t sq_size = r->p.sq_off.array + r->p.sq_entries * sizeof(unsigned);
     size_t cq_size = r->p.cq_off.cqes + r->p.cq_entries * sizeof(struct io_uring_cqe);
     r->map_size = sq_size > cq_size ? sq_size : cq_size;
-    r->map = mmap(NULL, r->map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
-                  IORING_OFF_SQ_RING);
-    if (r->map == MAP_FAILED) {
-        int err = -errno;
-        r->map = NULL;
-        ulf_ring_close(r);
-        return err;
-    }
     r->sqes_size = r->p.sq_entries * sizeof(struct io_uring_sqe);
-    r->sqes = mmap(NULL, r->sqes_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
-                   IORING_OFF_SQES);
-    if (r->sqes == MAP_FAILED) {
-        int err = -errno;
-        r->sqes = NULL;
+    r->map = ulf_map(r->fd, r->map_size, IORING_OFF_SQ_RING);
+    r->sqes = r->map ? ulf_map(r->fd, r->sqes_size, IORING_OFF_SQES) : NULL;
+    if (r->sqes == NULL) {
+        int err = -errno;      /* from the mmap that failed */
         ulf_ring_close(r);
         return err;
     }

@@ -78,7 +78,7 @@ cdef enum FileKind:
     K_MKDIR
 
 
-cdef class FileOp(Operation):
+cdef class FileOp(LoopOperation):
     """One file-system request on the ring, awaitable; resolves to the request's result."""
     cdef object future
     cdef object settled_future     # asked for by settled(): resolved at the final CQE, always
@@ -141,7 +141,7 @@ cdef class FileOp(Operation):
                 except OSError:
                     pass
                 res = 0
-            if fut is None or fut.done() or (self.loop.closing_flag and self.kind == K_OPEN):
+            if fut is None or fut.done() or (self.loop.io.closing and self.kind == K_OPEN):
                 # Nobody waits for the answer any more (or the loop is closing, and nobody
                 # will): an fd opened meanwhile is ours to close.
                 if self.kind == K_OPEN and res >= 0:
@@ -241,7 +241,7 @@ cdef int close_orphan_fd(CoreLoop loop, int fd) except -1:
     # An OPENAT whose caller was cancelled: close what it opened, on the ring if it can still
     # take requests, else here (the loop is closing).
     cdef FileOp op
-    if loop.running_flag and not loop.closing_flag and not loop.closed_flag:
+    if loop.running_flag and not loop.io.closing and not loop.closed_flag:
         op = new_file_op(loop, K_CLOSE, None, None)
         op.fd = fd
         try:
@@ -257,8 +257,7 @@ cdef int close_orphan_fd(CoreLoop loop, int fd) except -1:
 
 
 cdef FileOp new_file_op(CoreLoop loop, FileKind kind, filename, filename2):
-    cdef FileOp op = FileOp.__new__(FileOp)
-    op.loop = loop
+    cdef FileOp op = <FileOp>attach(FileOp.__new__(FileOp), loop)
     op.kind = kind
     op.cancellable = kind != K_CLOSE
     op.filename = filename
@@ -462,7 +461,7 @@ cdef object file_request_now(CoreLoop loop, FileKind kind, bytes raw, filename):
                   <uint64_t><size_t>&op.stx, 0)
     else:
         op.submit(AT_FDCWD, <uint64_t><size_t>PyBytes_AS_STRING(op.path), 0, 0, 0)
-    if not loop.ring.await_last(op.user_data(), &res, SOCKET_FILE_WAIT_NS):
+    if not loop.io.ring.await_last(op.user_data(), &res, SOCKET_FILE_WAIT_NS):
         return NOT_IN_TIME
     if res < 0:
         raise file_error(-res, filename, None)
@@ -476,7 +475,7 @@ cdef int remove_unix_socket_file(CoreLoop loop, server, path, inode) except -1:
     runs, the STATX and UNLINKAT go through the ring and are awaited right here, so the
     loop's thread makes no blocking file-system call."""
     cdef bytes raw = os.fsencode(path)
-    if loop.running_flag and not loop.closing_flag and not loop.closed_flag:
+    if loop.running_flag and not loop.io.closing and not loop.closed_flag:
         try:
             st = file_request_now(loop, K_STATX, raw, path)
             if st is not NOT_IN_TIME:

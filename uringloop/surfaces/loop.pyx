@@ -4,6 +4,8 @@
 
 import inspect
 
+cdef object _loops_with_signal_socket = weakref.WeakSet()   # for the fork handler below
+
 
 cdef class NativeLoop(SocketLoop):
     """Every surface of the loop in native code: SocketLoop plus datagrams, subprocesses,
@@ -64,8 +66,9 @@ cdef class NativeLoop(SocketLoop):
         wsock.setblocking(False)
         self.signal_rsock = rsock
         self.signal_wsock = wsock
+        _loops_with_signal_socket.add(self)
         self.signal_read = SignalRead.__new__(SignalRead)
-        self.signal_read.loop = self
+        attach(self.signal_read, self)
         self.signal_read.fd = rsock.fileno()
         return 0
 
@@ -135,7 +138,7 @@ cdef class NativeLoop(SocketLoop):
             except (ValueError, OSError) as exc:
                 logger.info('set_wakeup_fd(-1) failed: %s', exc)
             if (self.signal_read is not None and self.signal_read.generation != 0
-                    and not self.closed_flag and not self.forked):
+                    and not self.closed_flag and not self.io.forked):
                 self.signal_read.cancel()
         return True
 
@@ -167,8 +170,8 @@ cdef class NativeLoop(SocketLoop):
 def _surfaces_after_fork_in_child():
     # The child inherits the parent's wakeup fd: a signal caught in the child would then be
     # written into the parent's signal socket and run the parent's handler. Detach it.
-    for loop in list(_all_loops):
-        if isinstance(loop, NativeLoop) and (<NativeLoop>loop).signal_wsock is not None:
+    for loop in list(_loops_with_signal_socket):
+        if (<NativeLoop>loop).signal_wsock is not None:
             try:
                 old = signal_module.set_wakeup_fd(-1)
                 if old != (<NativeLoop>loop).signal_wsock.fileno():

@@ -19,7 +19,7 @@ cdef extern from "poll.h":
         POLLIN_ "POLLIN"
 
 
-cdef class PidfdPoll(Operation):
+cdef class PidfdPoll(LoopOperation):
     """POLL_ADD on a child's pidfd: completes once the child has exited."""
     cdef object transport
     cdef int pidfd
@@ -79,7 +79,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         cdef PidfdPoll op = self._exit_poll
         if op is None:
             op = PidfdPoll.__new__(PidfdPoll)
-            op.loop = <CoreLoop>self._loop
+            attach(op, <CoreLoop>self._loop)
             op.transport = self
             op.pidfd = self._pidfd
             op.context = contextvars.copy_context()
@@ -88,7 +88,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             op.arm()
 
     def _pidfd_ready(self, res):
-        if res == -ECANCELED or (<ReadinessLoop>self._loop).closing_flag:
+        if res == -ECANCELED or (<ReadinessLoop>self._loop).io.closing:
             # The loop is closing under a running child. Nobody would reap it any more (no
             # child watcher exists), so a daemon thread waits for it: no zombie is left.
             self._close_pidfd()
@@ -139,7 +139,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             self._pidfd = -1
             loop = <ReadinessLoop>self._loop
             if (op is not None and (<PidfdPoll>op).generation != 0 and not loop.closed_flag
-                    and not loop.closing_flag and not loop.forked):
+                    and not loop.io.closing and not loop.io.forked):
                 # The poll still holds the pidfd's file; closing our number is enough and
                 # the cancel makes the kernel drop its reference too.
                 (<PidfdPoll>op).cancel()

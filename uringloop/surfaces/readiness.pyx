@@ -30,7 +30,7 @@ cdef int fileobj_to_fd(fileobj) except -1:
     return fd
 
 
-cdef class WatchPoll(Operation):
+cdef class WatchPoll(LoopOperation):
     """The POLL_ADD behind one direction of an FdWatch."""
     cdef FdWatch watch
     cdef bint for_write
@@ -62,10 +62,10 @@ cdef class FdWatch:
         self.loop = loop
         self.fd = fd
         self.read_poll = WatchPoll.__new__(WatchPoll)
-        self.read_poll.loop = loop
+        attach(self.read_poll, loop)
         self.read_poll.watch = self
         self.write_poll = WatchPoll.__new__(WatchPoll)
-        self.write_poll.loop = loop
+        attach(self.write_poll, loop)
         self.write_poll.watch = self
         self.write_poll.for_write = True
 
@@ -77,10 +77,10 @@ cdef class FdWatch:
         if res == -ECANCELED:
             # Cancelled by remove_*() followed by a new add_*() while the cancel was on its
             # way, or by close(): only the former still wants the fd watched.
-            if not self.loop.closing_flag:
+            if not self.loop.io.closing:
                 poll.arm()
             return 0
-        if self.loop.closing_flag:
+        if self.loop.io.closing:
             return 0
         if res < 0:
             # The fd went bad under us (closed without remove_reader): like a selector, report
@@ -93,7 +93,7 @@ cdef class FdWatch:
             self.loop.run_handle(h)
         finally:
             if (h is (self.writer if poll.for_write else self.reader) and
-                    poll.generation == 0 and not self.loop.closing_flag):
+                    poll.generation == 0 and not self.loop.io.closing):
                 poll.arm()
         return 0
 
@@ -102,7 +102,7 @@ cdef class FdWatch:
                 self.read_poll.generation == 0 and self.write_poll.generation == 0)
 
 
-cdef class WaitPoll(Operation):
+cdef class WaitPoll(LoopOperation):
     """A one-shot POLL_ADD that resolves a future with the ready events."""
     cdef object future
     cdef int fd
@@ -225,29 +225,34 @@ cdef class ReadinessLoop(CoreLoop):
 
     def add_reader(self, fd, callback, *args):
         """Start watching fd for reading: callback(*args) runs while fd is readable."""
-        self._ensure_fd_no_transport(fd)
-        self.add_watch(fd, False, callback, args)
+        self.set_user_watch(fd, False, True, callback, args)
 
     def remove_reader(self, fd):
         """Stop watching fd for reading; return whether it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return self.remove_watch(fd, False)
+        return self.set_user_watch(fd, False, False, None, None)
 
     def add_writer(self, fd, callback, *args):
         """Start watching fd for writing: callback(*args) runs while fd is writable."""
-        self._ensure_fd_no_transport(fd)
-        self.add_watch(fd, True, callback, args)
+        self.set_user_watch(fd, True, True, callback, args)
 
     def remove_writer(self, fd):
         """Stop watching fd for writing; return whether it was watched."""
+        return self.set_user_watch(fd, True, False, None, None)
+
+    cdef bint set_user_watch(self, fd, bint for_write, bint add, callback,
+                             tuple args) except -1:
+        """add_reader/add_writer and remove_reader/remove_writer: as in asyncio, an fd a
+        transport owns is refused."""
         self._ensure_fd_no_transport(fd)
-        return self.remove_watch(fd, True)
+        if not add:
+            return self.remove_watch(fd, for_write)
+        self.add_watch(fd, for_write, callback, args)
+        return True
 
     cdef object wait_fd(self, int fd, uint32_t events):
         """A future resolved with the poll events once fd is ready for `events`; cancelling
         the future cancels the poll (and the record lives on until its final CQE)."""
-        cdef WaitPoll op = WaitPoll.__new__(WaitPoll)
-        op.loop = self
+        cdef WaitPoll op = <WaitPoll>attach(WaitPoll.__new__(WaitPoll), self)
         fut = self.create_future()
         op.future = fut
         op.fd = fd

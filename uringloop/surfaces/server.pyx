@@ -29,7 +29,7 @@ cdef extern from "errno.h":
         ENOTSOCK
 
 
-cdef class AcceptOp(Operation):
+cdef class AcceptOp(LoopOperation):
     cdef object sock
     cdef int fd
     cdef object protocol_factory
@@ -75,7 +75,7 @@ cdef class AcceptOp(Operation):
         self.retry_handle = None
         self.backing_off = False
         if not self.stopped and self.generation == 0 and \
-                not (<SocketLoop>self.loop).closing_flag:
+                not (<SocketLoop>self.loop).io.closing:
             self.arm()
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
@@ -110,7 +110,7 @@ cdef class AcceptOp(Operation):
             # Also when the protocol factory raised SystemExit or KeyboardInterrupt: the
             # server keeps accepting once the loop runs again. A cancel that is not our own
             # back-off came from loop.close() (or stop()): done.
-            if final and not self.stopped and not loop.closing_flag and \
+            if final and not self.stopped and not loop.io.closing and \
                     (res != -ECANCELED or self.backing_off or self.rotating):
                 if self.backing_off:
                     if self.retry_handle is None:

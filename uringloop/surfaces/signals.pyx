@@ -20,7 +20,7 @@ def _sighandler_noop(signum, frame):
     pass
 
 
-cdef class SignalRead(Operation):
+cdef class SignalRead(LoopOperation):
     """READ of signal numbers from the wakeup socket; the kernel writes into `buf`."""
     cdef uint8_t buf[128]
     cdef int fd
@@ -47,7 +47,7 @@ cdef class SignalRead(Operation):
                     loop.deliver_signal(self.buf[i])
         # A handler added while the cancel of the previous READ was in flight found the record
         # still busy: re-arm here for it, whatever ended the old READ.
-        if (not loop.closing_flag and not loop.forked and loop.signal_handlers
+        if (not loop.io.closing and not loop.io.forked and loop.signal_handlers
                 and (res > 0 or res == -EAGAIN or res == -EINTR or res == -ECANCELED)):
             self.arm()
         elif res < 0 and res != -ECANCELED and not loop.closed_flag:

@@ -40,7 +40,17 @@ cdef _check_sock(CoreLoop loop, sock):
 cdef int SKIPPED_TRIES = 3
 
 
-cdef class SockSend(Operation):
+cdef int _check_unix_stream_socket(sock, str when_none) except -1:
+    """The ValueError asyncio raises for a sock argument that is not a Unix stream socket
+    (when_none: its message for no sock at all)."""
+    if sock is None:
+        raise ValueError(when_none)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+    return 0
+
+
+cdef class SockSend(LoopOperation):
     """The SEND of one sock_sendall: submitted again until every byte is out (after a POLLOUT
     if the kernel ever answers EAGAIN), then resolving a future with None."""
     cdef object future
@@ -113,7 +123,6 @@ cdef class SocketLoop(ReadinessLoop):
     """ReadinessLoop plus sockets, stream transports and servers."""
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
-    cdef bint in_completion          # a stream's completion is being handled right now
     cdef dict recv_skips             # fd -> receives that skipped the try since one found nothing
 
     def __cinit__(self):
@@ -124,12 +133,12 @@ cdef class SocketLoop(ReadinessLoop):
     def _buffer_ring_stats(self):
         """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
         ENOBUFS seen, publishes that put given-back buffers in front)."""
-        return self.bufpool.stats()
+        return self.io.bufpool.stats()
 
     def _buffer_ring_next(self):
         """Testing aid: the id of the buffer the kernel will fill next, as of the last enter
         (None before any receive has been armed)."""
-        cdef BufGroup g = self.bufpool.current
+        cdef BufGroup g = self.io.bufpool.current
         if g is None:
             return None
         return ul_pbuf_ring_bid_at(&g.pbr, g.head)
@@ -189,7 +198,7 @@ cdef class SocketLoop(ReadinessLoop):
         cdef Py_ssize_t sent = 0
         _check_sock(self, sock)
         fd = sock.fileno()
-        if fd < 0 or not self.batching:
+        if fd < 0 or not self.io.batching:
             try:
                 sent = sock.send(data)  # for a closed socket: the error asyncio gives
             except (BlockingIOError, InterruptedError):
@@ -206,7 +215,7 @@ cdef class SocketLoop(ReadinessLoop):
         except BaseException:
             op.release()
             raise
-        op.loop = self
+        attach(op, self)
         op.fd = fd
         op.pinned = data
         fut = self.create_future()
@@ -375,10 +384,7 @@ cdef class SocketLoop(ReadinessLoop):
                 sock.close()
                 raise
         else:
-            if sock is None:
-                raise ValueError('no path and sock were specified')
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            _check_unix_stream_socket(sock, 'no path and sock were specified')
             sock.setblocking(False)
         kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
         if sys.version_info >= (3, 11):
@@ -431,10 +437,7 @@ cdef class SocketLoop(ReadinessLoop):
                 sock.close()
                 raise
         else:
-            if sock is None:
-                raise ValueError('path was not specified, and no sock specified')
-            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            _check_unix_stream_socket(sock, 'path was not specified, and no sock specified')
         if cleanup_socket and sys.version_info >= (3, 13):
             path = sock.getsockname()
             if path and path[0] not in (0, '\x00'):
@@ -463,8 +466,7 @@ cdef class SocketLoop(ReadinessLoop):
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
                        backlog=100, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
                        context=None):
-        cdef AcceptOp op = AcceptOp.__new__(AcceptOp)
-        op.loop = self
+        cdef AcceptOp op = <AcceptOp>attach(AcceptOp.__new__(AcceptOp), self)
         # Each accepted connection runs in a copy of this context (asyncio's Server passes
         # its own from 3.15; before, asyncio's accept handler captured the current one).
         op.context = PyContext_CopyCurrent() if context is None else context

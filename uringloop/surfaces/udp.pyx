@@ -77,25 +77,35 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
     # -- the watches ------------------------------------------------------------------------
 
     def _start_reading(self):
-        if self._closing or self._reading or self._loop is None or self._loop.is_closed():
-            return
-        self._reading = True
-        (<ReadinessLoop>self._loop).add_watch(self._sock_fd, False, self._read_ready, ())
+        if not (self._closing or self._loop is None or self._loop.is_closed()):
+            self._set_watch(False, True)
 
     def _stop_reading(self):
-        if self._reading:
-            self._reading = False
-            (<ReadinessLoop>self._loop).remove_watch(self._sock_fd, False)
+        self._set_watch(False, False)
 
     def _start_writing(self):
-        if not self._writing:
-            self._writing = True
-            (<ReadinessLoop>self._loop).add_watch(self._sock_fd, True, self._sendto_ready, ())
+        self._set_watch(True, True)
 
     def _stop_writing(self):
-        if self._writing:
-            self._writing = False
-            (<ReadinessLoop>self._loop).remove_watch(self._sock_fd, True)
+        self._set_watch(True, False)
+
+    def _set_watch(self, bint for_write, bint wanted):
+        """Add or remove the loop's watch on the socket for writing (or reading), unless
+        _writing (or _reading) says it already is as wanted."""
+        if for_write:
+            if self._writing == wanted:
+                return
+            self._writing = wanted
+        else:
+            if self._reading == wanted:
+                return
+            self._reading = wanted
+        if wanted:
+            (<ReadinessLoop>self._loop).add_watch(
+                self._sock_fd, for_write, self._sendto_ready if for_write else self._read_ready,
+                ())
+        else:
+            (<ReadinessLoop>self._loop).remove_watch(self._sock_fd, for_write)
 
     # -- BaseTransport --------------------------------------------------------------------
 
@@ -140,14 +150,8 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
                 data, addr = self._sock.recvfrom(self.max_size)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:
-                # ICMP errors (ECONNREFUSED...) are per-datagram news, not fatal.
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
             except BaseException as exc:
-                self._fatal_error(exc, 'Fatal read error on datagram transport')
+                self._socket_failed(exc, 'Fatal read error on datagram transport')
                 return
             self._protocol.datagram_received(data, addr)
             n += 1
@@ -176,13 +180,8 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
                 return
             except (BlockingIOError, InterruptedError):
                 self._start_writing()
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
             except BaseException as exc:
-                self._fatal_error(exc, 'Fatal write error on datagram transport')
+                self._socket_failed(exc, 'Fatal write error on datagram transport')
                 return
         # The caller may reuse its buffer: queue an immutable copy.
         self._buffer.append((bytes(data), addr))
@@ -208,19 +207,25 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
                 self._buffer.appendleft((data, addr))
                 self._buffer_size += len(data) + UDP_HEADER_SIZE
                 break
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
             except BaseException as exc:
-                self._fatal_error(exc, 'Fatal write error on datagram transport')
+                self._socket_failed(exc, 'Fatal write error on datagram transport')
                 return
         self._maybe_resume_protocol()     # may queue more
         if not self._buffer:
             self._stop_writing()
             if self._closing:
                 self._call_connection_lost(None)
+
+    def _socket_failed(self, exc, message):
+        """A recvfrom() or sendto() that did not go through (not for want of room): an
+        OSError (ICMP errors such as ECONNREFUSED) is per-datagram news for the protocol,
+        SystemExit and KeyboardInterrupt go on, anything else is fatal."""
+        if isinstance(exc, OSError):
+            self._protocol.error_received(exc)
+        elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise exc
+        else:
+            self._fatal_error(exc, message)
 
     # -- ending -----------------------------------------------------------------------------
 

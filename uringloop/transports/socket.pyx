@@ -49,7 +49,7 @@ cdef class SocketRecvOp(RecvOp):
 
     cdef bint wants_own_bytes(self):
         return (self.read_size_avg >= OWN_BUFFER_READ_MIN and
-                (<SocketLoop>self.loop).bufpool.own_buffer_receives < OWN_BUFFER_RECEIVES_MAX)
+                self.io.bufpool.own_buffer_receives < OWN_BUFFER_RECEIVES_MAX)
 
     cdef int set_opcode(self, io_uring_sqe *sqe, BufGroup g) except -1:
         self.into_protocol_buffer = False
@@ -75,7 +75,7 @@ cdef class SocketRecvOp(RecvOp):
         self.cancelling = False
         self.into_protocol_buffer = False
         self.into_own_bytes = True
-        (<SocketLoop>self.loop).bufpool.own_buffer_receives += 1
+        self.io.bufpool.own_buffer_receives += 1
         sqe.opcode = IORING_OP_RECV
         sqe.fd = self.stream.fd
         sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(data)
@@ -146,7 +146,7 @@ cdef class SocketRecvOp(RecvOp):
         if self.into_protocol_buffer:
             return self.handle_into(res)
         if self.into_own_bytes:
-            (<SocketLoop>self.loop).bufpool.own_buffer_receives -= 1
+            self.io.bufpool.own_buffer_receives -= 1
             self.more_waiting = (flags & IORING_CQE_F_SOCK_NONEMPTY) != 0
             return self.handle_own_bytes(res)
         self.count_read(res)

@@ -116,7 +116,7 @@ cdef class Stream:
         """call_soon() with asyncio's timing: when the call comes from a completion (where
         asyncio would be running the fd's I/O callback), the callback runs in the next
         iteration, not in the one that is handling the completion."""
-        if self.loop.in_completion:
+        if self.loop.in_stream_completion:
             self.loop.call_soon(_call_soon_later, self.loop, callback, args, self.context,
                                 context=self.context)
         else:
@@ -134,7 +134,7 @@ cdef class Stream:
                 and self.conn_lost == 0)
 
     def start_reading(self):
-        if not self.wants_read() or self.loop.closing_flag:
+        if not self.wants_read() or self.loop.io.closing:
             return
         if self.recv_op.generation == 0:
             self.recv_op.arm()

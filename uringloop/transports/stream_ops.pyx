@@ -22,22 +22,22 @@ cdef inline bint enter_context(context) except -1:
     return True
 
 
-cdef class StreamOp(Operation):
-    """An operation a Stream owns. Its completion is handled with the loop's in_completion
-    flag set, so the callbacks it triggers run in the next iteration, as asyncio schedules
-    them from an fd's I/O callback."""
+cdef class StreamOp(LoopOperation):
+    """An operation a Stream owns. Its completion is handled with the loop's
+    in_stream_completion flag set, so the callbacks it triggers run in the next iteration, as
+    asyncio schedules them from an fd's I/O callback."""
     cdef Stream stream
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef CoreLoop loop = self.loop
         # The protocol's callbacks run in the transport's context, as asyncio runs them.
         cdef object context = self.stream.context
         cdef bint entered = enter_context(context)
-        loop.in_completion = True
+        loop.in_stream_completion = True
         try:
             return self.handle(res, flags, final)
         finally:
-            loop.in_completion = False
+            loop.in_stream_completion = False
             if entered:
                 PyContext_Exit(context)
 
@@ -47,9 +47,24 @@ cdef class StreamOp(Operation):
 
 cdef StreamOp bind_op(StreamOp op, Stream stream):
     """op, made the operation of stream (on stream's loop)."""
-    op.loop = stream.loop
+    attach(op, stream.loop)
     op.stream = stream
     return op
+
+
+cdef int move_off_retired(BufPool pool) except -1:
+    """Ask the receives still armed on the group the pool just replaced to move: each
+    re-arms on the current group from its final CQE."""
+    cdef BufGroup old = pool.retired
+    cdef RecvOp op
+    if old is None:
+        return 0
+    pool.retired = None
+    for op in list(pool.receivers):
+        if op.group is old:
+            op.rearm = True
+            op.cancel()
+    return 0
 
 
 cdef class RecvOp(StreamOp):
@@ -61,8 +76,9 @@ cdef class RecvOp(StreamOp):
         return self.arm_multishot()
 
     cdef int arm_multishot(self) except -1:
-        cdef BufPool pool = (<SocketLoop>self.loop).bufpool
+        cdef BufPool pool = self.io.bufpool
         cdef BufGroup g = pool.group_for_arm()
+        move_off_retired(pool)
         cdef io_uring_sqe *sqe = self.prepare()
         self.cancelling = False
         self.group = g
@@ -103,7 +119,7 @@ cdef class RecvOp(StreamOp):
         if final:
             self.group = None
             self.leave_group(g)
-            loop.bufpool.receivers.discard(self)
+            loop.io.bufpool.receivers.discard(self)
         try:
             if flags & IORING_CQE_F_BUFFER:
                 bid = <uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT)
@@ -112,13 +128,14 @@ cdef class RecvOp(StreamOp):
                     if res > 0:
                         s.on_chunk(g.buffer(bid), res)
                 finally:
-                    loop.bufpool.give_back(g, bid)
+                    loop.io.bufpool.give_back(g, bid)
             if res == 0:
                 if final:
                     s.on_eof()
             elif res == -ENOBUFS:
                 # No data was taken: it waits in the socket for the re-armed receive.
-                loop.bufpool.on_enobufs(g)
+                loop.io.bufpool.on_enobufs(g)
+                move_off_retired(loop.io.bufpool)
             elif res < 0 and res != -ECANCELED:
                 self.on_error(res)
         finally:
@@ -139,10 +156,11 @@ cdef class RecvOp(StreamOp):
         rearm = self.rearm
         self.rearm = False
         if res != 0 and (res != -ECANCELED or rearm) and self.stream.wants_read() \
-                and not loop.closing_flag and self.generation == 0:
+                and not loop.io.closing and self.generation == 0:
             self.arm()
         elif self.generation == 0 and self.picks_buffers():
-            loop.bufpool.on_receiver_gone()
+            loop.io.bufpool.on_receiver_gone()
+            move_off_retired(loop.io.bufpool)
         return 0
 
 
