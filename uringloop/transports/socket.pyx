@@ -166,10 +166,7 @@ cdef class SocketRecvOp(RecvOp):
                 s.on_received(self.take_own_bytes(res))
             else:
                 self.pinned = None
-                if res == 0:
-                    s.on_eof()
-                elif res != -ECANCELED:
-                    s.on_read_error(res)
+                s.on_read_end(res)
         finally:
             self.finish(res)
         return 0
@@ -193,10 +190,7 @@ cdef class SocketRecvOp(RecvOp):
                     s.call_protocol('buffer_updated', (res,))
             else:
                 self.release_view()
-                if res == 0:
-                    s.on_eof()
-                elif res != -ECANCELED:
-                    s.on_read_error(res)
+                s.on_read_end(res)
         finally:
             # Also when the protocol raised SystemExit or KeyboardInterrupt: the connection
             # keeps receiving once the loop runs again.
