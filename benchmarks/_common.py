@@ -224,6 +224,14 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = 
     return "\n".join([line(header), sep_line, *(line(r) for r in rows)])
 
 
+def report_failures(failures: Sequence[str]) -> int:
+    """Print the samples that failed, if any; the exit status a benchmark's main returns."""
+    if not failures:
+        return 0
+    print('\nFailed samples:\n' + '\n'.join(f'- {f}' for f in failures))
+    return 1
+
+
 def machine_info() -> Dict[str, Any]:
     cpu = "?"
     try:

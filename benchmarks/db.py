@@ -30,8 +30,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from _common import (ALL_LOOPS, ChildError, child_main, fmt_rate, fmt_us, log,  # noqa: E402
-                     machine_info, md_table, median, new_loop, process_cpu, run_child,
-                     warn)
+                     machine_info, md_table, median, new_loop, process_cpu, report_failures,
+                     run_child, warn)
 
 WORKLOADS = ('pg_value', 'pg_rows', 'redis_set_get', 'redis_pipe')
 
@@ -241,10 +241,7 @@ def main():
                          fmt_us(median([r['server_cpu'] / r['ops'] for r in runs]))])
     print(md_table(['workload', 'loop', 'ops/s', 'client CPU µs/op', 'server CPU µs/op'],
                    rows, 'll'))
-    if failures:
-        print('\nFailed samples:\n' + '\n'.join(f'- {f}' for f in failures))
-        return 1
-    return 0
+    return report_failures(failures)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from _common import (ChildError, child_main, fmt_rate, fmt_us, log,  # noqa: E402
-                     machine_info, md_table, median, new_loop, run_child, warn)
+                     machine_info, md_table, median, new_loop, report_failures, run_child,
+                     warn)
 
 CONFIGS = ('uringloop/uringloop', 'aiofiles/uringloop', 'aiofiles/asyncio')
 WORKLOADS = ('small_read', 'small_write', 'large_read', 'large_write')
@@ -211,10 +212,7 @@ def main():
                          fmt_us(median([r['cpu'] / r['ops'] for r in runs]))
                          + f' µs/{unit[:-1] if unit == "files" else unit}'])
     print(md_table(['workload', 'API / loop', 'throughput', 'CPU per op'], rows, 'll'))
-    if failures:
-        print('\nFailed samples:\n' + '\n'.join(f'- {f}' for f in failures))
-        return 1
-    return 0
+    return report_failures(failures)
 
 
 if __name__ == '__main__':

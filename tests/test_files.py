@@ -33,6 +33,12 @@ def payload(n, seed=1):
     return random.Random(seed).randbytes(n)
 
 
+def assert_closed(fd):
+    with pytest.raises(OSError) as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+
+
 # -- round trips ---------------------------------------------------------------------------
 
 
@@ -545,9 +551,7 @@ def test_loop_closed_with_a_close_pending_closes_the_fd(tmp_path):
     loop.run_forever()
     assert loop.ring_stats().pending == 2     # the CLOSE and the wake-up READ
     loop.close()
-    with pytest.raises(OSError) as info:
-        os.fstat(fd)
-    assert info.value.errno == errno.EBADF
+    assert_closed(fd)
 
 
 def test_close_requested_on_a_loop_that_never_runs_again(tmp_path):
@@ -557,9 +561,7 @@ def test_close_requested_on_a_loop_that_never_runs_again(tmp_path):
     fd = os.open(path, os.O_RDONLY)
     _core._file_close(loop, fd)
     loop.close()
-    with pytest.raises(OSError) as info:
-        os.fstat(fd)
-    assert info.value.errno == errno.EBADF
+    assert_closed(fd)
 
 
 def test_open_request_cancelled_by_loop_close_closes_its_fd(tmp_path):
