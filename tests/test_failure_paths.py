@@ -80,8 +80,10 @@ def test_a_resized_ring_that_cannot_be_mapped_leaves_a_loop_that_says_so(uloop):
         _core._fail_next_ring_maps(1)
         with pytest.raises(RuntimeError, match='lost its io_uring'):
             uloop.run_until_complete(grow())
+        never_run = asyncio.sleep(0)
         with pytest.raises(RuntimeError, match='lost its io_uring'):
-            uloop.run_until_complete(asyncio.sleep(0))
+            uloop.run_until_complete(never_run)
+        never_run.close()      # as with a closed loop, the coroutine was never started
         with pytest.raises(RuntimeError, match='lost its io_uring'):
             uloop.run_forever()
         assert uloop.ring_stats().capacity == 0
