@@ -134,16 +134,27 @@ def test_graceful_shutdown_of_a_server_with_more_connections_than_the_largest_ri
         proc = await asyncio.create_subprocess_exec(
             sys.executable, '-c', CLIENT, str(port), str(nconns),
             stdout=asyncio.subprocess.PIPE)
-        assert await asyncio.wait_for(proc.stdout.readline(), bound(120)) == b'ready\n'
-        assert len(writers) == nconns
-        server.close()
-        for w in writers:
-            w.close()
-        await asyncio.gather(*(w.wait_closed() for w in writers))
-        await server.wait_closed()
-        out = await asyncio.wait_for(proc.stdout.read(), bound(120))
-        await proc.wait()
-        return out
+        try:
+            assert await asyncio.wait_for(proc.stdout.readline(), bound(120)) == b'ready\n'
+            assert len(writers) == nconns
+            server.close()
+            for w in writers:
+                w.close()
+            await asyncio.gather(*(w.wait_closed() for w in writers))
+            await server.wait_closed()
+            out = await asyncio.wait_for(proc.stdout.read(), bound(120))
+            await proc.wait()
+            return out
+        except BaseException:
+            # Leave no client and no connection behind for the tests that count fds next.
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            server.close()
+            for w in writers:
+                w.transport.abort()
+            await asyncio.sleep(0)
+            raise
 
     out = loop.run_until_complete(asyncio.wait_for(scenario(), bound(240)))
     assert out.split() == [b'eofs', str(nconns).encode()]
