@@ -383,24 +383,25 @@ class AsyncFile(_Lines):
         return self._closed
 
     def fileno(self):
-        self._check_open()
-        return self._fd
+        return self._while_open(self._fd)
 
     def readable(self):
-        self._check_open()
-        return self._readable
+        return self._while_open(self._readable)
 
     def writable(self):
-        self._check_open()
-        return self._writable
+        return self._while_open(self._writable)
 
     def seekable(self):
-        self._check_open()
-        return self._seekable
+        return self._while_open(self._seekable)
 
     def _check_open(self, what='I/O operation'):
         if self._closed:
             raise ValueError(f'{what} on closed file.')
+
+    def _while_open(self, value):
+        # What the io module's state queries do: answer, or raise ValueError once closed.
+        self._check_open()
+        return value
 
     def _check_readable(self):
         self._check_open('read')
