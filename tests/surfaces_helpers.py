@@ -45,3 +45,16 @@ def child_env():
     env = dict(os.environ)
     env['PYTHONPATH'] = PROJECT_ROOT + os.pathsep + env.get('PYTHONPATH', '')
     return env
+
+
+async def echo_handler(reader, writer):
+    """A streams server handler that sends back what it reads until EOF, honouring drain()."""
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()

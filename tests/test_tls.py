@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from surfaces_helpers import loop  # noqa: F401
+from surfaces_helpers import echo_handler, loop  # noqa: F401
 
 pytestmark = pytest.mark.skipif(shutil.which('openssl') is None, reason='needs openssl')
 
@@ -43,18 +43,6 @@ def client_ctx(certs):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(certs[0])
     return ctx
-
-
-async def echo_handler(reader, writer):
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 def test_streams_echo(loop, server_ctx, client_ctx):

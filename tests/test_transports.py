@@ -17,6 +17,7 @@ import tempfile
 import pytest
 
 from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
+from surfaces_helpers import echo_handler
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,18 +27,6 @@ def run(loop, coro, timeout=60):
 
 
 # -- echo with checksums over many connections -------------------------------------------------
-
-async def _echo_handler(reader, writer):
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
 
 async def _echo_client(host, port, seed, rounds, size):
     reader, writer = await asyncio.open_connection(host, port)
@@ -58,7 +47,7 @@ async def _echo_client(host, port, seed, rounds, size):
 
 def test_echo_checksums_1000_connections(loop):
     async def main():
-        server = await asyncio.start_server(_echo_handler, '127.0.0.1', 0, backlog=1024)
+        server = await asyncio.start_server(echo_handler, '127.0.0.1', 0, backlog=1024)
         port = server.sockets[0].getsockname()[1]
         sem = asyncio.Semaphore(1000)
 
@@ -77,7 +66,7 @@ def test_unix_echo(loop, tmp_path):
     path = str(tmp_path / 'echo.sock')
 
     async def main():
-        server = await asyncio.start_unix_server(_echo_handler, path)
+        server = await asyncio.start_unix_server(echo_handler, path)
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(b'x' * 300000)
         data = await reader.readexactly(300000)
@@ -485,7 +474,7 @@ def test_server_object(loop):
 
 def test_transport_extra_info(loop):
     async def main():
-        server = await asyncio.start_server(_echo_handler, '127.0.0.1', 0)
+        server = await asyncio.start_server(echo_handler, '127.0.0.1', 0)
         port = server.sockets[0].getsockname()[1]
         tr, pr = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port)
         assert isinstance(tr, asyncio.Transport)
