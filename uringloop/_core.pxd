@@ -82,7 +82,6 @@ cdef class BufPool:
     cdef set receivers           # receive operations armed right now, on any group
     cdef BufGroup retired        # replaced by switch(); its receives not yet asked to move
     cdef list dirty              # groups with buffers given back since the last publish
-    cdef unsigned own_buffer_receives  # receives armed into their own bytes instead (socket.pyx)
     cdef uint64_t front_publishes
     cdef uint64_t grows
     cdef uint64_t shrinks

@@ -1,104 +1,30 @@
 # Layer 4, the TCP and Unix stream socket transport: a multishot RECV per connection (or, for
-# a BufferedProtocol, a one-shot RECV straight into the protocol's own buffer; for a connection
-# whose reads are large, a one-shot RECV into the bytes object data_received() will get), SENDs,
-# and write_eof() as a shutdown of the write side.
-
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
-
-cdef extern from "Python.h":
-    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
-
-cdef extern from "ring.h":
-    enum:
-        IORING_RECVSEND_POLL_FIRST
-
-
-# Receiving into the bytes object handed to data_received() saves copying every chunk out of a
-# pool buffer, but costs a RECV to submit per chunk (the multishot one stays armed) and a bytes
-# object of OWN_BUFFER_SIZE held by each such connection while it waits. That pays for large
-# reads only (benchmarks/README.md, "64 KiB: receiving into the bytes"), so the choice follows
-# the connection's recent read sizes: a running average (weight 1/4 per read) at or above
-# OWN_BUFFER_READ_MIN moves the receive into its own bytes, one below a quarter of that moves it
-# back; the gap keeps a connection whose reads vary from flapping between the two.
-cdef Py_ssize_t OWN_BUFFER_SIZE = 65536       # as a pool buffer: the same chunks either way
-cdef Py_ssize_t OWN_BUFFER_READ_MIN = 32768
-# A loop keeps at most this many such receives armed: each holds its own buffer, and past a
-# few dozen those no longer stay in the CPU's cache, where the pool reuses its hottest ones.
-cdef unsigned OWN_BUFFER_RECEIVES_MAX = 16
+# a BufferedProtocol, a one-shot RECV straight into the protocol's own buffer), SENDs, and
+# write_eof() as a shutdown of the write side.
 
 
 cdef class SocketRecvOp(RecvOp):
     """A socket's receive: a multishot RECV picking buffers from the pool. A BufferedProtocol
     gets a one-shot RECV into the buffer its get_buffer() returned instead (re-armed from each
     CQE, so still one op per connection): the kernel writes straight into the protocol's
-    memory, which stays exported until the CQE. A plain Protocol whose reads are large gets a
-    one-shot RECV into a new bytes object, which data_received() receives as it is."""
+    memory, which stays exported until the CQE."""
     cdef bint into_protocol_buffer   # the receive in flight is a one-shot RECV into `view`
     cdef Py_buffer view          # that buffer, exported until the CQE (`pinned` holds its owner)
     cdef bint has_view
-    cdef bint into_own_bytes     # the receive in flight is a one-shot RECV into `pinned`
-    cdef bint more_waiting       # the last receive left data in the socket
-    cdef Py_ssize_t read_size_avg  # running average of this connection's read sizes
 
     cdef int arm(self) except -1:
         if self.stream.buffered:
             return self.arm_into()
-        if self.wants_own_bytes():
-            return self.arm_own_bytes()
         return self.arm_multishot()
-
-    cdef bint wants_own_bytes(self):
-        return (self.read_size_avg >= OWN_BUFFER_READ_MIN and
-                self.io.bufpool.own_buffer_receives < OWN_BUFFER_RECEIVES_MAX)
 
     cdef int set_opcode(self, io_uring_sqe *sqe, BufGroup g) except -1:
         self.into_protocol_buffer = False
-        self.into_own_bytes = False
         sqe.opcode = IORING_OP_RECV
         sqe.ioprio = IORING_RECV_MULTISHOT
         return 0
 
     cdef bint picks_buffers(self):
-        return not (self.into_protocol_buffer or self.into_own_bytes)
-
-    cdef inline void count_read(self, int32_t res):
-        if res > 0:
-            self.read_size_avg += (res - self.read_size_avg) // 4
-
-    cdef int arm_own_bytes(self) except -1:
-        """A one-shot RECV into a new bytes object. `pinned` owns it until the final CQE; only
-        then is it shrunk to what arrived and handed on, so no one else ever sees memory the
-        kernel may still write."""
-        cdef bytes data = PyBytes_FromStringAndSize(NULL, OWN_BUFFER_SIZE)
-        cdef io_uring_sqe *sqe = self.prepare()
-        self.pinned = data
-        self.cancelling = False
-        self.into_protocol_buffer = False
-        self.into_own_bytes = True
-        self.io.bufpool.own_buffer_receives += 1
-        sqe.opcode = IORING_OP_RECV
-        sqe.fd = self.stream.fd
-        sqe.addr = <uint64_t><size_t>PyBytes_AS_STRING(data)
-        sqe.len = <uint32_t>OWN_BUFFER_SIZE
-        if not self.more_waiting:
-            # The last receive drained the socket: wait for data before trying to receive.
-            sqe.ioprio = IORING_RECVSEND_POLL_FIRST
-        return 0
-
-    cdef bytes take_own_bytes(self, Py_ssize_t n):
-        """The bytes the finished receive wrote into, cut to its n bytes (in place: the
-        object has no other reference once `pinned` lets it go)."""
-        cdef PyObject *raw = <PyObject *>self.pinned
-        cdef bytes data
-        Py_INCREF(self.pinned)
-        self.pinned = None
-        if n == PyBytes_GET_SIZE(<bytes>raw):
-            data = <bytes>raw
-        else:
-            _PyBytes_Resize(&raw, n)        # on failure it has dropped the reference
-            data = <bytes>raw
-        Py_DECREF(data)
-        return data
+        return not self.into_protocol_buffer
 
     cdef int arm_into(self) except -1:
         """A BufferedProtocol on a socket: the kernel receives straight into the buffer that
@@ -129,7 +55,6 @@ cdef class SocketRecvOp(RecvOp):
         self.pinned = buf
         self.cancelling = False
         self.into_protocol_buffer = True
-        self.into_own_bytes = False
         sqe.opcode = IORING_OP_RECV
         sqe.fd = s.fd
         sqe.addr = <uint64_t><size_t>self.view.buf
@@ -145,31 +70,7 @@ cdef class SocketRecvOp(RecvOp):
     cdef int handle(self, int32_t res, uint32_t flags, bint final) except -1:
         if self.into_protocol_buffer:
             return self.handle_into(res)
-        if self.into_own_bytes:
-            self.io.bufpool.own_buffer_receives -= 1
-            self.more_waiting = (flags & IORING_CQE_F_SOCK_NONEMPTY) != 0
-            return self.handle_own_bytes(res)
-        self.count_read(res)
-        self.handle_multishot(res, flags, final)
-        if self.wants_own_bytes() and self.generation != 0 \
-                and not self.cancelling and self.stream.wants_read():
-            # Reads became large: end the multishot receive; finish() re-arms it into bytes.
-            self.rearm = True
-            self.cancel()
-        return 0
-
-    cdef int handle_own_bytes(self, int32_t res) except -1:
-        cdef Stream s = self.stream
-        self.count_read(res)
-        try:
-            if res > 0:
-                s.on_received(self.take_own_bytes(res))
-            else:
-                self.pinned = None
-                s.on_read_end(res)
-        finally:
-            self.finish(res)
-        return 0
+        return self.handle_multishot(res, flags, final)
 
     cdef int handle_into(self, int32_t res) except -1:
         cdef Stream s = self.stream
@@ -190,7 +91,10 @@ cdef class SocketRecvOp(RecvOp):
                     s.call_protocol('buffer_updated', (res,))
             else:
                 self.release_view()
-                s.on_read_end(res)
+                if res == 0:
+                    s.on_eof()
+                elif res != -ECANCELED:
+                    s.on_read_error(res)
         finally:
             # Also when the protocol raised SystemExit or KeyboardInterrupt: the connection
             # keeps receiving once the loop runs again.

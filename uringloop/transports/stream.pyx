@@ -227,15 +227,6 @@ cdef class Stream:
         """Tell the protocol about the peer's EOF (reading has ended)."""
         raise NotImplementedError
 
-    cdef int on_read_end(self, int32_t res) except -1:
-        """A one-shot receive that brought no data: the peer's EOF, an error, or nothing to
-        report when it was cancelled."""
-        if res == 0:
-            return self.on_eof()
-        if res != -ECANCELED:
-            return self.on_read_error(res)
-        return 0
-
     cdef int on_read_error(self, int32_t res) except -1:
         # OSError(errno, text) is already the subclass Python raises (ConnectionResetError...).
         exc = OSError(-res, os.strerror(-res))

@@ -1,11 +1,8 @@
-"""Large reads on a plain Protocol: uringloop receives them into the bytes object that
-data_received() gets (a one-shot RECV per chunk) instead of copying out of a pool buffer.
+"""Large reads on a stream transport: what every receive path must do with them.
 
 Each scenario runs on asyncio's loop and on uringloop and checks what asyncio shows: every byte
 once and in order, nothing while paused, nothing after close(), EOF and resets reported as
-usual. On uringloop it also checks that the connection did move off the pool (it no longer
-counts among the pool's armed receives) and back once its reads are small again, so the
-scenarios exercise the path they are about.
+usual, and a switch to a BufferedProtocol taking over mid-stream.
 """
 
 import asyncio
@@ -15,7 +12,7 @@ import struct
 
 import pytest
 
-from scenarios.loops import loop, is_uring  # noqa: F401  (fixture)
+from scenarios.loops import loop  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,11 +21,6 @@ BLOCK = 65536
 
 def run(loop, coro, timeout=60):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-def pool_receivers(loop):
-    """Receives armed on the provided-buffer pool (None on asyncio's loop)."""
-    return loop._buffer_ring_stats()[1] if is_uring(loop) else None
 
 
 class Collect(asyncio.Protocol):
@@ -85,12 +77,11 @@ async def large_reading_connection(loop):
 
 
 def test_large_reads_arrive_whole_and_unshared(loop):
-    """Every byte once and in order; each chunk handed out keeps its content afterwards (no
-    memory a later receive writes is shared with a chunk already delivered); small reads bring
-    the connection back to the pool."""
+    """Every byte once and in order, through large reads of varied sizes and then small ones;
+    each chunk handed out keeps its content afterwards (no memory a later receive writes is
+    shared with a chunk already delivered)."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
-        off_pool = pool_receivers(loop)
         for i in range(40):
             block = os.urandom(BLOCK // 2 + i * 997)
             await loop.sock_sendall(b, block)
@@ -101,27 +92,22 @@ def test_large_reads_arrive_whole_and_unshared(loop):
             await loop.sock_sendall(b, block)
             sent += block
             await wait_for_bytes(pr, len(sent))
-        back_on_pool = pool_receivers(loop)
         ok = b''.join(pr.chunks) == sent
         types = {type(c) for c in pr.chunks}
         tr.close()
         b.close()
         await pr.lost_called
-        return ok, types, off_pool, back_on_pool
-    ok, types, off_pool, back_on_pool = run(loop, main())
+        return ok, types
+    ok, types = run(loop, main())
     assert ok
     assert types == {bytes}
-    if is_uring(loop):
-        assert off_pool == 0
-        assert back_on_pool == 1
 
 
-def test_pause_while_armed_then_resume(loop):
-    """pause_reading() while a receive into a bytes object is armed: nothing reaches the
-    protocol until resume_reading(), then everything, in order."""
+def test_pause_while_reading_large_then_resume(loop):
+    """pause_reading() between large reads (the receive armed in the kernel): nothing reaches
+    the protocol until resume_reading(), then everything, in order."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
-        assert pool_receivers(loop) in (None, 0)
         for i in range(10):
             tr.pause_reading()
             n = len(pr.chunks)
@@ -143,9 +129,9 @@ def test_pause_while_armed_then_resume(loop):
     assert while_paused == []
 
 
-def test_close_while_armed_drops_later_data(loop):
-    """close() while the receive is armed: connection_lost(None), no data_received() after
-    close(), and the loop goes on serving other connections."""
+def test_close_while_reading_large_drops_later_data(loop):
+    """close() between large reads (the receive armed in the kernel): connection_lost(None),
+    no data_received() after close(), and the loop goes on serving other connections."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
         tr.close()
@@ -171,8 +157,8 @@ def test_close_while_armed_drops_later_data(loop):
     assert ok2
 
 
-def test_loop_closed_with_receive_armed(loop):
-    """The loop is closed while a connection's receive into a bytes object is in the kernel:
+def test_loop_closed_while_reading_large(loop):
+    """The loop is closed while a large-reading connection's receive is in the kernel:
     close() completes, and no fd is left (the fixture checks)."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
@@ -204,8 +190,8 @@ def test_eof_after_large_reads(loop):
 
 
 def test_peer_reset_after_large_reads(loop):
-    """The peer resets the TCP connection while the receive is armed: connection_lost()
-    gets ConnectionResetError."""
+    """The peer resets the TCP connection after large reads, with the receive armed:
+    connection_lost() gets ConnectionResetError."""
     async def main():
         lsock = socket.create_server(('127.0.0.1', 0))
         port = lsock.getsockname()[1]
@@ -220,21 +206,18 @@ def test_peer_reset_after_large_reads(loop):
             sent += block
             await wait_for_bytes(pr, len(sent))
         await asyncio.sleep(0.01)
-        off_pool = pool_receivers(loop)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         peer.close()
         await pr.lost_called
-        return b''.join(pr.chunks) == sent, pr.lost, off_pool
-    ok, lost, off_pool = run(loop, main())
+        return b''.join(pr.chunks) == sent, pr.lost
+    ok, lost = run(loop, main())
     assert ok
     assert isinstance(lost, ConnectionResetError)
-    if is_uring(loop):
-        assert off_pool == 0
 
 
-def test_switch_to_buffered_protocol_while_armed(loop):
-    """set_protocol() to a BufferedProtocol while a receive into a bytes object is armed:
-    what that receive brings and everything after goes through get_buffer() and
+def test_switch_to_buffered_protocol_mid_stream(loop):
+    """set_protocol() to a BufferedProtocol between large reads (the receive armed in the
+    kernel): what that receive brings and everything after goes through get_buffer() and
     buffer_updated()."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
@@ -271,9 +254,9 @@ def test_switch_to_buffered_protocol_while_armed(loop):
     assert run(loop, main())
 
 
-def test_buffered_protocol_large_reads_stay_in_its_buffer(loop):
-    """A BufferedProtocol with large reads keeps receiving into the buffer get_buffer()
-    returns: the bytes-object receive is for plain Protocols only."""
+def test_buffered_protocol_large_reads_intact(loop):
+    """A BufferedProtocol with large reads gets every byte, in order, through the buffers
+    get_buffer() returns (at least one get_buffer() per buffer-sized block)."""
     async def main():
         a, b = socket.socketpair()
         b.setblocking(False)
@@ -308,31 +291,3 @@ def test_buffered_protocol_large_reads_stay_in_its_buffer(loop):
     ok, ncalls = run(loop, main())
     assert ok
     assert ncalls >= 12
-
-
-def test_many_large_reading_connections(loop):
-    """More large-reading connections than a loop receives into their own bytes: all get
-    every byte; the ones past that number stay on the pool's multishot receive."""
-    n = 24
-
-    async def main():
-        conns = [await large_reading_connection(loop) for _ in range(n)]
-        on_pool = pool_receivers(loop)
-        sent = [c[4] for c in conns]
-        for k in range(3):
-            for i, (a, b, tr, pr, _) in enumerate(conns):
-                block = os.urandom(BLOCK)
-                await loop.sock_sendall(b, block)
-                sent[i] += block
-        for i, (a, b, tr, pr, _) in enumerate(conns):
-            await wait_for_bytes(pr, len(sent[i]))
-        ok = all(b''.join(c[3].chunks) == sent[i] for i, c in enumerate(conns))
-        for a, b, tr, pr, _ in conns:
-            tr.close()
-            b.close()
-            await pr.lost_called
-        return ok, on_pool
-    ok, on_pool = run(loop, main())
-    assert ok
-    if is_uring(loop):
-        assert on_pool == n - 16
