@@ -79,7 +79,7 @@ cdef class SocketRecvOp(RecvOp):
             if res > 0:
                 if s.closing or s.eof_seen:
                     self.release_view()
-                elif s.paused or s.received_while_paused or not s.buffered:
+                elif s.holding_reads() or not s.buffered:
                     # Paused meanwhile (or the protocol changed): the bytes are in the old
                     # buffer; keep a copy for whoever reads next.
                     data = PyBytes_FromStringAndSize(<char *>self.view.buf, res)
@@ -145,7 +145,7 @@ cdef class SocketStream(Stream):
     cdef int check_writable(self) except -1:
         if self.eof_requested:
             raise RuntimeError('Cannot call write() after write_eof()')
-        if self.empty_waiter is not None:
+        if self.write_queue.drain_waiter is not None:
             raise RuntimeError('unable to write; sendfile is in progress')
         return 0
 
@@ -228,23 +228,24 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
     # asyncio's sendfile fallback reads the flow-control state as _FlowControlMixin keeps it.
     @property
     def _protocol_paused(self):
-        return _stream(self).protocol_paused
+        return _stream(self).write_queue.protocol_paused
 
     def _make_empty_waiter(self):
         s = _stream(self)
-        if s.empty_waiter is not None:
+        queue = s.write_queue
+        if queue.drain_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
-        s.empty_waiter = s.loop.create_future()
+        queue.drain_waiter = s.loop.create_future()
         if not s.writing():
-            s.empty_waiter.set_result(None)
-        return s.empty_waiter
+            queue.drain_waiter.set_result(None)
+        return queue.drain_waiter
 
     def _force_close(self, exc):
         # asyncio's SSL protocol closes its transport this way after a handshake failure.
         _stream(self).close_now(exc)
 
     def _reset_empty_waiter(self):
-        _stream(self).empty_waiter = None
+        _stream(self).write_queue.drain_waiter = None
 
     @property
     def _sock(self):

@@ -1,22 +1,18 @@
 # Layer 4, stream transports: what TCP and Unix sockets, read pipes and write pipes share.
 #
 # A Stream is the state machine asyncio's selector transports keep (closing, paused, eof,
-# connection lost, write buffer and its water marks) plus the operation records that do the
-# kernel's side (stream_ops.pyx): a receive armed while reading is wanted, at most one write in
-# flight. Each transport kind subclasses Stream and its records in its own file (socket.pyx,
-# pipes.pyx) and overrides what differs: the opcodes, EOF, closing, error reporting.
-# The asyncio-facing objects (SocketTransport, ReadPipeTransport, WritePipeTransport) are
-# Python classes deriving from asyncio's transport classes, because asyncio.BaseTransport has
-# __slots__ and user code checks isinstance(); each holds its Stream and delegates to it.
-#
-# Data that the kernel delivers after pause_reading() asked the receive to stop (CQEs already
-# on their way) is kept and handed to the protocol after resume_reading(): nothing is lost.
+# connection lost) plus the parts it is built from: the operation records that do the kernel's
+# side (stream_ops.pyx: a receive armed while reading is wanted, at most one write in flight),
+# the write queue with its flow control (write_queue.pyx) and what arrived while reading was
+# paused (received_while_paused.pyx). Each transport kind subclasses Stream and its records in
+# its own file (socket.pyx, pipes.pyx) and overrides what differs: the opcodes, EOF, closing,
+# error reporting. The asyncio-facing transport objects delegate to it (asyncio_facing.pyx).
 
+cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 import stat
-import warnings
 
 from asyncio import (constants as _constants, protocols as _protocols, trsock as _trsock,
                      transports as _transports)
@@ -65,28 +61,20 @@ cdef class Stream:
     cdef bint closing
     cdef bint eof_seen             # the peer's EOF arrived: no more reads
     cdef bint paused
-    cdef bint protocol_paused
     cdef bint protocol_connected
     cdef int conn_lost
     cdef RecvOp recv_op            # None on a write pipe
     cdef SendOp send_op            # None on a read pipe
-    cdef list received_while_paused  # data that arrived while reading was paused, in order
-    cdef bint eof_while_paused       # and the peer's EOF after it
-    cdef list wbuf                 # queued writes not yet handed to the kernel
-    cdef Py_ssize_t wbuf_size
-    cdef Py_ssize_t high_water
-    cdef Py_ssize_t low_water
+    cdef ReceivedWhilePaused while_paused  # what arrived while reading was paused
+    cdef WriteQueue write_queue    # the writes behind the one in flight, and flow control
     cdef object server
-    cdef object empty_waiter
     cdef object context            # contextvars context of the creating call: protocol
                                    # callbacks run in it (asyncio since 3.11, explicit in 3.15)
 
     def __cinit__(self):
-        self.wbuf = []
-        self.received_while_paused = []
         self.fd = -1
-        self.high_water = 64 * 1024
-        self.low_water = 16 * 1024
+        self.while_paused = ReceivedWhilePaused.__new__(ReceivedWhilePaused)
+        self.write_queue = WriteQueue.__new__(WriteQueue)
 
     cdef int init(self, SocketLoop loop, transport, sock, int fd, protocol, server,
                   context) except -1:
@@ -146,11 +134,16 @@ cdef class Stream:
             self.recv_op.cancel()
         return 0
 
+    @cython.final
+    cdef inline bint holding_reads(self) noexcept:
+        """Whether received data waits for resume_reading() (behind what already waits)."""
+        return self.paused or self.while_paused.holds_data()
+
     cdef int on_chunk(self, char *p, Py_ssize_t n) except -1:
         """n received bytes at p, in memory the caller reuses once this returns."""
         if self.closing or self.eof_seen:
             return 0
-        if self.buffered and not (self.paused or self.received_while_paused):
+        if self.buffered and not self.holding_reads():
             return self.feed_buffered(p, n)
         return self.on_received(PyBytes_FromStringAndSize(p, n))
 
@@ -158,9 +151,8 @@ cdef class Stream:
         """Received bytes in an object of their own, which no one else references."""
         if self.closing or self.eof_seen:
             return 0                 # asyncio stops reading at close(): late bytes are dropped
-        if self.paused or self.received_while_paused:
-            self.received_while_paused.append(data)
-            return 0
+        if self.holding_reads():
+            return self.while_paused.keep(data)
         if self.buffered:
             return self.feed_buffered(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         self.call_protocol('data_received', (data,))
@@ -192,30 +184,30 @@ cdef class Stream:
             n -= k
             if self.closing or self.paused:
                 if n > 0 and self.paused and not self.closing:
-                    # In front: when this chunk came from that list, newer chunks wait there.
-                    self.received_while_paused.insert(0, PyBytes_FromStringAndSize(p, n))
+                    # In front: when this chunk came from there, newer chunks wait behind it.
+                    self.while_paused.keep_in_front(PyBytes_FromStringAndSize(p, n))
                 return 0
         return 0
 
     def deliver_received_while_paused(self):
         """Hand over what arrived while reading was paused (after resume_reading())."""
+        cdef ReceivedWhilePaused held = self.while_paused
         cdef bytes data
-        while self.received_while_paused and not self.paused and not self.closing:
-            data = self.received_while_paused.pop(0)
+        while held.holds_data() and not self.paused and not self.closing:
+            data = held.take_oldest()
             if self.buffered:
                 self.feed_buffered(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
             elif self.call_protocol('data_received', (data,)) is PROTOCOL_FAILED:
                 return
-        if not self.received_while_paused and self.eof_while_paused and not self.paused \
-                and not self.closing:
-            self.eof_while_paused = False
+        if not held.holds_data() and held.eof and not self.paused and not self.closing:
+            held.eof = False
             self.on_eof()
 
     cdef int on_eof(self) except -1:
         if self.closing or self.conn_lost:
             return 0
-        if self.paused or self.received_while_paused:
-            self.eof_while_paused = True
+        if self.holding_reads():
+            self.while_paused.eof = True
             self.eof_seen = True
             return 0
         self.eof_seen = True
@@ -244,7 +236,7 @@ cdef class Stream:
         if self.closing or not self.paused:
             return
         self.paused = False
-        if self.received_while_paused or self.eof_while_paused:
+        if self.while_paused.holds_data() or self.while_paused.eof:
             self.loop.call_soon(self.deliver_received_while_paused, context=self.context)
         self.start_reading()
         if self.loop.debug_flag:
@@ -256,13 +248,13 @@ cdef class Stream:
     # -- writing ------------------------------------------------------------------------------
 
     cdef Py_ssize_t write_buffer_size(self):
-        cdef Py_ssize_t n = self.wbuf_size
+        cdef Py_ssize_t n = self.write_queue.size
         if self.send_op is not None:
             n += self.send_op.remaining()
         return n
 
     cdef bint writing(self):
-        return self.send_op.data is not None or self.wbuf_size > 0
+        return self.send_op.data is not None or self.write_queue.size > 0
 
     def write(self, data):
         cdef bytes b
@@ -284,8 +276,7 @@ cdef class Stream:
             self.conn_lost += 1
             return
         if self.writing():
-            self.wbuf.append(b)
-            self.wbuf_size += n
+            self.write_queue.push(b)
         else:
             if self.writes_directly(n):
                 sent = self.write_now(PyBytes_AS_STRING(b), n)
@@ -327,22 +318,16 @@ cdef class Stream:
         return self.fatal_error(exc, f'Fatal write error on {self.transport_kind()}')
 
     cdef int on_write_done(self) except -1:
-        cdef bytes data
-        if self.wbuf:
-            if len(self.wbuf) == 1:
-                data = self.wbuf[0]
-            else:
-                data = b''.join(self.wbuf)
-            self.wbuf.clear()
-            self.wbuf_size = 0
-            self.send_op.start(data)
+        cdef WriteQueue queue = self.write_queue
+        if queue.size:
+            self.send_op.start(queue.take())
             self.maybe_resume_protocol()
             return 0
         self.maybe_resume_protocol()
         if self.writing():
             return 0                  # resume_writing() wrote more: not drained after all
-        if self.empty_waiter is not None:
-            self.empty_waiter.set_result(None)
+        if queue.drain_waiter is not None:
+            queue.drain_waiter.set_result(None)
         return self.on_drained()
 
     cdef int on_drained(self) except -1:
@@ -354,20 +339,19 @@ cdef class Stream:
 
     cdef int on_write_error(self, int32_t res) except -1:
         exc = OSError(-res, os.strerror(-res))
-        if self.empty_waiter is not None:
-            self.empty_waiter.set_exception(exc)
+        if self.write_queue.drain_waiter is not None:
+            self.write_queue.drain_waiter.set_exception(exc)
         return self.write_failed(exc)
 
     cdef int maybe_pause_protocol(self) except -1:
-        if self.write_buffer_size() <= self.high_water or self.protocol_paused:
-            return 0
-        self.protocol_paused = True
-        return self.tell_protocol('pause_writing')
+        if self.write_queue.pause_due(self.write_buffer_size()):
+            return self.tell_protocol('pause_writing')
+        return 0
 
     cdef int maybe_resume_protocol(self) except -1:
-        if self.protocol_paused and self.write_buffer_size() <= self.low_water:
-            self.protocol_paused = False
-            self.tell_protocol('resume_writing')
+        if self.write_queue.protocol_paused \
+                and self.write_queue.resume_due(self.write_buffer_size()):
+            return self.tell_protocol('resume_writing')
         return 0
 
     cdef object call_protocol(self, str method, tuple args):
@@ -399,17 +383,7 @@ cdef class Stream:
         return 0
 
     def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            if low is None:
-                high = 64 * 1024
-            else:
-                high = 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
-        self.high_water = high
-        self.low_water = low
+        self.write_queue.set_limits(high, low)
         self.maybe_pause_protocol()
 
     # -- closing ------------------------------------------------------------------------------
@@ -421,8 +395,7 @@ cdef class Stream:
         """asyncio's _force_close/_close: drop queued writes and lose the connection soon."""
         if self.send_op is not None and self.writing():
             self.send_staged_now()
-            self.wbuf.clear()
-            self.wbuf_size = 0
+            self.write_queue.drop()
             self.send_op.data = None          # `pinned` still holds the bytes for the kernel
             if self.send_op.generation != 0:
                 self.send_op.cancel()
@@ -488,102 +461,3 @@ else:
 
     def _server_detach(server, transport):
         server._detach()
-
-
-cdef inline Stream _stream(obj):
-    return <Stream>obj._stream
-
-
-class _TransportBase:
-    """Methods shared by uringloop's stream transports (mixed into asyncio's classes)."""
-    __slots__ = ()
-
-    def __repr__(self):
-        s = _stream(self)
-        info = [self.__class__.__name__]
-        if s.closing and s.sock is not None:
-            info.append('closing')
-        info.append(f'fd={s.fd}')
-        if s.sock is None:
-            info.append('closed')
-        else:
-            s.add_repr_info(info)
-        return '<{}>'.format(' '.join(info))
-
-    def is_closing(self):
-        """Return True if the transport is closing or closed."""
-        return _stream(self).closing
-
-    def close(self):
-        """Close the transport: buffered data is flushed, then connection_lost(None) is called;
-        no more data is received."""
-        _stream(self).close()
-
-    def set_protocol(self, protocol):
-        """Set a new protocol."""
-        _stream(self).set_protocol(protocol)
-
-    def get_protocol(self):
-        """Return the current protocol."""
-        return _stream(self).protocol
-
-    def __del__(self, _warn=warnings.warn):
-        s = getattr(self, '_stream', None)
-        if s is not None and (<Stream>s).sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            (<Stream>s).sock.close()
-
-
-class _ReadingMixin:
-    __slots__ = ()
-
-    def is_reading(self):
-        """Return True if the transport is receiving."""
-        return _stream(self).is_reading()
-
-    def pause_reading(self):
-        """Pause the receiving end: no data is passed to the protocol's data_received()
-        until resume_reading() is called."""
-        _stream(self).pause_reading()
-
-    def resume_reading(self):
-        """Resume the receiving end."""
-        _stream(self).resume_reading()
-
-
-class _WritingMixin:
-    __slots__ = ()
-
-    def write(self, data):
-        """Write some data bytes to the transport; it does not block: the data is buffered
-        and sent out asynchronously."""
-        _stream(self).write(data)
-
-    def writelines(self, list_of_data):
-        """Write a list (or any iterable) of data bytes to the transport."""
-        _stream(self).write(b''.join(list_of_data))
-
-    def write_eof(self):
-        """Close the write end after flushing buffered data."""
-        _stream(self).write_eof()
-
-    def can_write_eof(self):
-        """Return True: this transport supports write_eof()."""
-        return True
-
-    def abort(self):
-        """Close the transport immediately; buffered data is lost."""
-        _stream(self).abort()
-
-    def get_write_buffer_size(self):
-        """Return the current size of the write buffer."""
-        return _stream(self).write_buffer_size()
-
-    def get_write_buffer_limits(self):
-        """Return (low, high), the write buffer's water marks."""
-        s = _stream(self)
-        return (s.low_water, s.high_water)
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        """Set the high- and low-water limits for write flow control."""
-        _stream(self).set_write_buffer_limits(high, low)

@@ -190,13 +190,10 @@ cdef class SendOp(StreamOp):
     cdef int take_queued(self) except -1:
         """Fold the writes queued behind a staged SEND that has not reached the kernel yet
         into its data (the old bytes are ours alone: nothing in flight points at them)."""
-        cdef Stream s = self.stream
-        if s.wbuf and self.offset == 0 and not self.polling and self.generation == 0:
-            s.wbuf.insert(0, self.data)
-            self.data = b''.join(s.wbuf)
+        cdef WriteQueue queue = self.stream.write_queue
+        if queue.size and self.offset == 0 and not self.polling and self.generation == 0:
+            self.data = queue.take(self.data)
             self.pinned = self.data
-            s.wbuf.clear()
-            s.wbuf_size = 0
         return 0
 
     cdef int submit(self) except -1:
