@@ -52,12 +52,48 @@ class Collect(asyncio.Protocol):
         return sum(map(len, self.chunks))
 
 
+class IntoOneBuffer(asyncio.BufferedProtocol):
+    """Lends the same BLOCK-sized buffer to every receive and keeps what arrives in it."""
+
+    def __init__(self):
+        self.buf = bytearray(BLOCK)
+        self.received = bytearray()
+        self.get_buffer_calls = 0
+
+    def get_buffer(self, sizehint):
+        self.get_buffer_calls += 1
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.received.extend(self.buf[:nbytes])
+
+    def connection_lost(self, exc):
+        pass
+
+
 async def wait_for_bytes(pr, n):
+    """Until pr (a Collect or an IntoOneBuffer) has received n bytes."""
+    def received():
+        return len(pr.received) if isinstance(pr, IntoOneBuffer) else pr.received()
     for _ in range(6000):
-        if pr.received() >= n:
+        if received() >= n:
             return
         await asyncio.sleep(0.001)
-    raise AssertionError(f'received {pr.received()} of {n} bytes')
+    raise AssertionError(f'received {received()} of {n} bytes')
+
+
+async def send_blocks(loop, sock, sizes, pr=None, before=0):
+    """Random blocks of the given sizes sent on sock in turn; when pr is given, each is
+    awaited there (one block per read) on top of the `before` bytes it already received.
+    Returns what was sent."""
+    sent = b''
+    for size in sizes:
+        block = os.urandom(size)
+        await loop.sock_sendall(sock, block)
+        sent += block
+        if pr is not None:
+            await wait_for_bytes(pr, before + len(sent))
+    return sent
 
 
 async def large_reading_connection(loop):
@@ -66,12 +102,7 @@ async def large_reading_connection(loop):
     a, b = socket.socketpair()
     b.setblocking(False)
     tr, pr = await loop.create_connection(Collect, sock=a)
-    sent = b''
-    for i in range(6):
-        block = os.urandom(BLOCK)
-        await loop.sock_sendall(b, block)
-        sent += block
-        await wait_for_bytes(pr, len(sent))   # one block per read
+    sent = await send_blocks(loop, b, [BLOCK] * 6, pr)
     await asyncio.sleep(0.01)
     return a, b, tr, pr, sent
 
@@ -82,16 +113,9 @@ def test_large_reads_arrive_whole_and_unshared(loop):
     shared with a chunk already delivered)."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
-        for i in range(40):
-            block = os.urandom(BLOCK // 2 + i * 997)
-            await loop.sock_sendall(b, block)
-            sent += block
+        sent += await send_blocks(loop, b, [BLOCK // 2 + i * 997 for i in range(40)])
         await wait_for_bytes(pr, len(sent))
-        for i in range(20):
-            block = os.urandom(100)
-            await loop.sock_sendall(b, block)
-            sent += block
-            await wait_for_bytes(pr, len(sent))
+        sent += await send_blocks(loop, b, [100] * 20, pr, before=len(sent))
         ok = b''.join(pr.chunks) == sent
         types = {type(c) for c in pr.chunks}
         tr.close()
@@ -199,12 +223,7 @@ def test_peer_reset_after_large_reads(loop):
         peer, _ = lsock.accept()
         lsock.close()
         peer.setblocking(False)
-        sent = b''
-        for i in range(6):
-            block = os.urandom(BLOCK)
-            await loop.sock_sendall(peer, block)
-            sent += block
-            await wait_for_bytes(pr, len(sent))
+        sent = await send_blocks(loop, peer, [BLOCK] * 6, pr)
         await asyncio.sleep(0.01)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
         peer.close()
@@ -221,32 +240,12 @@ def test_switch_to_buffered_protocol_mid_stream(loop):
     buffer_updated()."""
     async def main():
         a, b, tr, pr, sent = await large_reading_connection(loop)
-        received = bytearray()
-
-        class BP(asyncio.BufferedProtocol):
-            def __init__(self):
-                self.buf = bytearray(BLOCK)
-
-            def get_buffer(self, sizehint):
-                return self.buf
-
-            def buffer_updated(self, nbytes):
-                received.extend(self.buf[:nbytes])
-
-            def connection_lost(self, exc):
-                pass
+        into = IntoOneBuffer()
         before = len(sent)
-        tr.set_protocol(BP())
-        more = b''
-        for i in range(8):
-            block = os.urandom(BLOCK)
-            await loop.sock_sendall(b, block)
-            more += block
-        for _ in range(6000):
-            if len(received) >= len(more):
-                break
-            await asyncio.sleep(0.001)
-        ok = bytes(received) == more and pr.received() == before
+        tr.set_protocol(into)
+        more = await send_blocks(loop, b, [BLOCK] * 8)
+        await wait_for_bytes(into, len(more))
+        ok = bytes(into.received) == more and pr.received() == before
         tr.close()
         b.close()
         await asyncio.sleep(0.01)
@@ -260,34 +259,13 @@ def test_buffered_protocol_large_reads_intact(loop):
     async def main():
         a, b = socket.socketpair()
         b.setblocking(False)
-        received = bytearray()
-        calls = []
-
-        class BP(asyncio.BufferedProtocol):
-            def __init__(self):
-                self.buf = bytearray(BLOCK)
-
-            def get_buffer(self, sizehint):
-                calls.append(sizehint)
-                return self.buf
-
-            def buffer_updated(self, nbytes):
-                received.extend(self.buf[:nbytes])
-        tr, pr = await loop.create_connection(BP, sock=a)
-        sent = b''
-        for i in range(12):
-            block = os.urandom(BLOCK)
-            await loop.sock_sendall(b, block)
-            sent += block
-            for _ in range(6000):
-                if len(received) >= len(sent):
-                    break
-                await asyncio.sleep(0.001)
-        ok = bytes(received) == sent
+        tr, pr = await loop.create_connection(IntoOneBuffer, sock=a)
+        sent = await send_blocks(loop, b, [BLOCK] * 12, pr)
+        ok = bytes(pr.received) == sent
         tr.close()
         b.close()
         await asyncio.sleep(0.01)
-        return ok, len(calls)
+        return ok, pr.get_buffer_calls
     ok, ncalls = run(loop, main())
     assert ok
     assert ncalls >= 12
