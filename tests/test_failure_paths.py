@@ -173,7 +173,7 @@ def test_buffered_protocol_on_a_read_pipe_gets_held_data_in_order(uloop):
     async def scenario():
         transport, proto = await uloop.connect_read_pipe(
             lambda: SmallBuffers(uloop, len(data)), rpipe)
-        # Written in pieces while the protocol keeps pausing, so chunks pile up in `received_while_paused`.
+        # Written in pieces while the protocol keeps pausing, so chunks pile up in the paused-read store.
         for i in range(0, len(data), 1000):
             os.write(wfd, data[i:i + 1000])
             await asyncio.sleep(0)
