@@ -88,7 +88,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             op.arm()
 
     def _pidfd_ready(self, res):
-        if res == -ECANCELED or (<ReadinessLoop>self._loop).io.closing:
+        if res == -ECANCELED or (<CoreLoop>self._loop).io.closing:
             # The loop is closing under a running child. Nobody would reap it any more (no
             # child watcher exists), so a daemon thread waits for it: no zombie is left.
             self._close_pidfd()
@@ -137,7 +137,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         if self._pidfd >= 0:
             fd = self._pidfd
             self._pidfd = -1
-            loop = <ReadinessLoop>self._loop
+            loop = <CoreLoop>self._loop
             if (op is not None and (<PidfdPoll>op).generation != 0 and not loop.closed_flag
                     and not loop.io.closing and not loop.io.forked):
                 # The poll still holds the pidfd's file; closing our number is enough and

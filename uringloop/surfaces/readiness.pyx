@@ -50,7 +50,8 @@ cdef class WatchPoll(LoopOperation):
 
 cdef class FdWatch:
     """The reader and writer callbacks registered for one fd."""
-    cdef ReadinessLoop loop
+    cdef FdWatches owner
+    cdef CoreLoop loop
     cdef int fd
     cdef object fileobj            # as registered: found again by identity once it is closed
     cdef Handle reader
@@ -58,21 +59,22 @@ cdef class FdWatch:
     cdef WatchPoll read_poll
     cdef WatchPoll write_poll
 
-    def __cinit__(self, ReadinessLoop loop, int fd):
-        self.loop = loop
+    def __cinit__(self, FdWatches owner, int fd):
+        self.owner = owner
+        self.loop = owner.loop
         self.fd = fd
         self.read_poll = WatchPoll.__new__(WatchPoll)
-        attach(self.read_poll, loop)
+        attach(self.read_poll, self.loop)
         self.read_poll.watch = self
         self.write_poll = WatchPoll.__new__(WatchPoll)
-        attach(self.write_poll, loop)
+        attach(self.write_poll, self.loop)
         self.write_poll.watch = self
         self.write_poll.for_write = True
 
     cdef int fired(self, WatchPoll poll, int32_t res) except -1:
         cdef Handle h = self.writer if poll.for_write else self.reader
         if h is None or h.is_cancelled:
-            self.loop.forget_watch(self)
+            self.owner.forget(self)
             return 0
         if res == -ECANCELED:
             # Cancelled by remove_*() followed by a new add_*() while the cancel was on its
@@ -135,58 +137,63 @@ cdef class WaitPoll(LoopOperation):
             self.cancel()
 
 
-cdef class ReadinessLoop(CoreLoop):
-    """CoreLoop plus fd readiness."""
-    cdef dict watches
-    cdef public object _transports   # fd -> transport (weak values), for fd-reuse checks
+cdef class FdWatches:
+    """The fds watched for the loop: add_reader/add_writer's callbacks, the transports that
+    own fds (which add_reader refuses), and the one-shot waits sock_* calls build on."""
+    cdef CoreLoop loop
+    cdef dict by_fd                  # fd -> FdWatch
+    cdef object transports           # fd -> transport (weak values), for fd-reuse checks
 
-    def __cinit__(self):
-        self.watches = {}
-        self._transports = weakref.WeakValueDictionary()
+    def __cinit__(self, CoreLoop loop):
+        self.loop = loop
+        self.by_fd = {}
+        self.transports = weakref.WeakValueDictionary()
 
     cdef FdWatch watch_for(self, int fd):
-        cdef FdWatch w = self.watches.get(fd)
+        cdef FdWatch w = self.by_fd.get(fd)
         if w is None:
             w = FdWatch(self, fd)
-            self.watches[fd] = w
+            self.by_fd[fd] = w
         return w
 
-    cdef void forget_watch(self, FdWatch w):
-        if w.idle() and self.watches.get(w.fd) is w:
-            del self.watches[w.fd]
+    cdef void forget(self, FdWatch w):
+        if w.idle() and self.by_fd.get(w.fd) is w:
+            del self.by_fd[w.fd]
 
-    cdef FdWatch find_watch(self, fileobj):
+    cdef FdWatch find(self, fileobj):
         """The watch registered for fileobj: by its fd, or, once the object is closed (its
         fileno() is -1), by the object itself, as asyncio's selector finds its key."""
         cdef FdWatch w
         try:
-            return self.watches.get(fileobj_to_fd(fileobj))
+            return self.by_fd.get(fileobj_to_fd(fileobj))
         except ValueError:
-            for w in self.watches.values():
+            for w in self.by_fd.values():
                 # Registered still, as a selector key lives while it has a callback.
                 if w.fileobj is fileobj and (w.reader is not None or w.writer is not None):
                     return w
             raise
 
-    def _ensure_fd_no_transport(self, fd):
+    cdef int ensure_no_transport(self, fd) except -1:
         fileno = fd
         if not isinstance(fileno, int):
             try:
                 fileno = int(fileno.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fd!r}") from None
-        transport = self._transports.get(fileno)
+        transport = self.transports.get(fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(
                 f'File descriptor {fd!r} is used by transport {transport!r}')
+        return 0
 
-    cdef int add_watch(self, fd, bint for_write, callback, tuple args) except -1:
-        self.check_usable()
+    cdef int add(self, fd, bint for_write, callback, tuple args) except -1:
+        cdef CoreLoop loop = self.loop
+        loop.check_usable()
         cdef int fileno = fileobj_to_fd(fd)
-        if self.debug_flag:
-            self._check_callback(callback, 'add_writer' if for_write else 'add_reader')
+        if loop.debug_flag:
+            loop._check_callback(callback, 'add_writer' if for_write else 'add_reader')
         cdef FdWatch w = self.watch_for(fileno)
-        cdef Handle h = self.new_handle(callback, args, None)
+        cdef Handle h = loop.new_handle(callback, args, None)
         w.fileobj = fd
         cdef WatchPoll poll
         if for_write:
@@ -203,10 +210,10 @@ cdef class ReadinessLoop(CoreLoop):
             poll.arm()
         return 0
 
-    cdef bint remove_watch(self, fd, bint for_write) except -1:
-        if self.closed_flag:
+    cdef bint remove(self, fd, bint for_write) except -1:
+        if self.loop.closed_flag:
             return False
-        cdef FdWatch w = self.find_watch(fd)
+        cdef FdWatch w = self.find(fd)
         if w is None:
             return False
         cdef Handle h = w.writer if for_write else w.reader
@@ -217,52 +224,30 @@ cdef class ReadinessLoop(CoreLoop):
             w.reader = None
         if poll.generation != 0:
             poll.cancel()
-        self.forget_watch(w)
+        self.forget(w)
         if h is None:
             return False
         h.cancel()
         return True
 
-    def add_reader(self, fd, callback, *args):
-        """Start watching fd for reading: callback(*args) runs while fd is readable."""
-        self.set_user_watch(fd, False, True, callback, args)
-
-    def remove_reader(self, fd):
-        """Stop watching fd for reading; return whether it was watched."""
-        return self.set_user_watch(fd, False, False, None, None)
-
-    def add_writer(self, fd, callback, *args):
-        """Start watching fd for writing: callback(*args) runs while fd is writable."""
-        self.set_user_watch(fd, True, True, callback, args)
-
-    def remove_writer(self, fd):
-        """Stop watching fd for writing; return whether it was watched."""
-        return self.set_user_watch(fd, True, False, None, None)
-
     cdef bint set_user_watch(self, fd, bint for_write, bint add, callback,
                              tuple args) except -1:
         """add_reader/add_writer and remove_reader/remove_writer: as in asyncio, an fd a
         transport owns is refused."""
-        self._ensure_fd_no_transport(fd)
+        self.ensure_no_transport(fd)
         if not add:
-            return self.remove_watch(fd, for_write)
-        self.add_watch(fd, for_write, callback, args)
+            return self.remove(fd, for_write)
+        self.add(fd, for_write, callback, args)
         return True
 
     cdef object wait_fd(self, int fd, uint32_t events):
         """A future resolved with the poll events once fd is ready for `events`; cancelling
         the future cancels the poll (and the record lives on until its final CQE)."""
-        cdef WaitPoll op = <WaitPoll>attach(WaitPoll.__new__(WaitPoll), self)
-        fut = self.create_future()
+        cdef WaitPoll op = <WaitPoll>attach(WaitPoll.__new__(WaitPoll), self.loop)
+        fut = self.loop.create_future()
         op.future = fut
         op.fd = fd
         op.events = events
         op.prepare_poll(fd, events)
         fut.add_done_callback(op._on_future_done)
         return fut
-
-    def _wait_readable(self, fd):
-        return self.wait_fd(fileobj_to_fd(fd), POLLIN)
-
-    def _wait_writable(self, fd):
-        return self.wait_fd(fileobj_to_fd(fd), POLLOUT)

@@ -119,13 +119,17 @@ cdef class SockSend(LoopOperation):
         self.release()
 
 
-cdef class SocketLoop(ReadinessLoop):
-    """ReadinessLoop plus sockets, stream transports and servers."""
+cdef class SocketLoop(CoreLoop):
+    """CoreLoop plus fd readiness, sockets, stream transports and servers."""
+    cdef FdWatches fd_watches
+    cdef public object _transports   # fd_watches.transports, named as asyncio's tests expect
     cdef dict listeners              # listening fd -> AcceptOp
     cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
     cdef dict recv_skips             # fd -> receives that skipped the try since one found nothing
 
     def __cinit__(self):
+        self.fd_watches = FdWatches(self)
+        self._transports = self.fd_watches.transports
         self.listeners = {}
         self.recv_skips = {}
         self.unix_server_inodes = {}
@@ -142,6 +146,33 @@ cdef class SocketLoop(ReadinessLoop):
         if g is None:
             return None
         return ul_pbuf_ring_bid_at(&g.pbr, g.head)
+
+    # -- readiness (surfaces/readiness.pyx) ----------------------------------------------------
+
+    def add_reader(self, fd, callback, *args):
+        """Start watching fd for reading: callback(*args) runs while fd is readable."""
+        self.fd_watches.set_user_watch(fd, False, True, callback, args)
+
+    def remove_reader(self, fd):
+        """Stop watching fd for reading; return whether it was watched."""
+        return self.fd_watches.set_user_watch(fd, False, False, None, None)
+
+    def add_writer(self, fd, callback, *args):
+        """Start watching fd for writing: callback(*args) runs while fd is writable."""
+        self.fd_watches.set_user_watch(fd, True, True, callback, args)
+
+    def remove_writer(self, fd):
+        """Stop watching fd for writing; return whether it was watched."""
+        return self.fd_watches.set_user_watch(fd, True, False, None, None)
+
+    def _ensure_fd_no_transport(self, fd):
+        self.fd_watches.ensure_no_transport(fd)
+
+    def _wait_readable(self, fd):
+        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLIN)
+
+    def _wait_writable(self, fd):
+        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLOUT)
 
     # -- low-level socket API -----------------------------------------------------------------
 
@@ -167,9 +198,9 @@ cdef class SocketLoop(ReadinessLoop):
                 return got
         else:
             self.recv_skips[fd] = <int>skipped + 1
-        self._ensure_fd_no_transport(fd)
+        self.fd_watches.ensure_no_transport(fd)
         while True:
-            await self.wait_fd(fd, events)
+            await self.fd_watches.wait_fd(fd, events)
             try:
                 return getattr(sock, method)(*args)
             except (BlockingIOError, InterruptedError):
@@ -211,7 +242,7 @@ cdef class SocketLoop(ReadinessLoop):
             op.release()
             return
         try:
-            self._ensure_fd_no_transport(fd)
+            self.fd_watches.ensure_no_transport(fd)
         except BaseException:
             op.release()
             raise
@@ -242,8 +273,8 @@ cdef class SocketLoop(ReadinessLoop):
         except (BlockingIOError, InterruptedError):
             pass
         fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        await self.wait_fd(fd, POLLOUT)
+        self.fd_watches.ensure_no_transport(fd)
+        await self.fd_watches.wait_fd(fd, POLLOUT)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
@@ -261,9 +292,9 @@ cdef class SocketLoop(ReadinessLoop):
             except (BlockingIOError, InterruptedError):
                 pass
             if first:
-                self._ensure_fd_no_transport(fd)
+                self.fd_watches.ensure_no_transport(fd)
                 first = False
-            await self.wait_fd(fd, POLLIN)
+            await self.fd_watches.wait_fd(fd, POLLIN)
 
     async def _sock_sendfile_native(self, sock, file, offset, count):
         try:
@@ -288,7 +319,7 @@ cdef class SocketLoop(ReadinessLoop):
                 try:
                     sent = os.sendfile(fd, fileno, pos, want)
                 except (BlockingIOError, InterruptedError):
-                    await self.wait_fd(fd, POLLOUT)
+                    await self.fd_watches.wait_fd(fd, POLLOUT)
                     continue
                 except OSError as exc:
                     if exc.errno == errno_module.ENOTCONN and type(exc) is not ConnectionError:
