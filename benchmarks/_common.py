@@ -47,8 +47,19 @@ def _import_uringloop():
     return uringloop
 
 
+def _loop_kind(name: str) -> str:
+    """The loop kind in `name`. "uringloop@TREE" names the uringloop package found in TREE
+    (a build to compare against, interleaved in the same run): this process imports it from
+    there."""
+    kind, _, tree = name.partition("@")
+    if tree:
+        os.environ["URINGLOOP_BENCH_TREE"] = tree
+    return kind
+
+
 def new_loop(name: str):
     """Return a brand new, not yet running event loop of the given kind."""
+    name = _loop_kind(name)
     if name == "asyncio":
         import asyncio
 
@@ -64,6 +75,7 @@ def new_loop(name: str):
 
 def loop_info(name: str) -> Dict[str, Any]:
     """Version / origin of a loop implementation (child side)."""
+    name = _loop_kind(name)
     if name == "asyncio":
         import asyncio
 

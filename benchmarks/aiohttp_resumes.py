@@ -57,11 +57,8 @@ def server_main(loop_name, cpu, out_path):
     H.server_main(loop_name, 'aiohttp', cpu)
 
 
-def one_sample(name, conns, window, cpus=(0, 1)):
-    loop_name, _, tree = name.partition('@')
+def one_sample(loop_name, conns, window, cpus=(0, 1)):
     env = dict(os.environ, PYTHONPATH=H.ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    if tree:
-        env['URINGLOOP_BENCH_TREE'] = tree
     fd, out_path = tempfile.mkstemp(suffix='.counts')
     os.close(fd)
     srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--_server', loop_name,

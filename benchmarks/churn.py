@@ -11,8 +11,9 @@ Cases (each one process, one loop, everything on loopback inside that process):
             adds a short operation (the ping's receive) on top of the 15 and takes it away
             again: pending crosses 16 twice per round-trip.
   steady    the same ping-pong with one idle receive fewer: pending moves between 14 and
-            15, inside one power of two, so the ring never resizes. What 'cross' costs on
-            top of 'steady' is the cost of resizing, on any build.
+            15, inside one power of two. A ring that followed pending exactly would resize
+            in 'cross' and not here; the resize band resizes in neither, so the cost of
+            resizing is read from the resize share below, not from cross minus steady.
   queued    10 Protocol connection pairs echo 1 KiB messages; uringloop stages each of
             these writes as a SEND on the ring (its write path's rule for small writes).
   fanout    each round opens `--fanout` sock_recv operations at once, then a callback sends

@@ -252,12 +252,7 @@ def one_sample(load_exe, loop_name, style, size, conns, warm, window, cpus=None)
     """One server process and one load generator run; cpus=(server CPU, load CPU) pins them."""
     server_cpu, load_cpu = cpus if cpus else (None, None)
     env = dict(os.environ)
-    # "uringloop@TREE" runs the server on the uringloop package found in TREE (a build to
-    # compare against, interleaved in the same run).
-    loop_name, _, tree = loop_name.partition('@')
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    if tree:
-        env['URINGLOOP_BENCH_TREE'] = tree
     srv = subprocess.Popen(pinned([sys.executable, os.path.abspath(__file__), '--_server',
                                    loop_name, style], server_cpu),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

@@ -123,12 +123,8 @@ def wait_ready(url, srv, timeout=60.0):
 def one_sample(loop_name, app, conns, warmup, window, cpus=(0, 1)):
     """One server process, a wrk warm-up, then the measured wrk run."""
     env = dict(os.environ)
-    # "uringloop@TREE": the uringloop package found in TREE, as in echo.py.
-    loop_name, _, tree = loop_name.partition('@')
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
     server_cpu, load_cpu = cpus if cpus else (None, None)
-    if tree:
-        env['URINGLOOP_BENCH_TREE'] = tree
     srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--_server', loop_name,
                             app, '-' if server_cpu is None else str(server_cpu)],
                            stdout=subprocess.PIPE, text=True, env=env)
