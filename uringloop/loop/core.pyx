@@ -420,6 +420,8 @@ cdef class CoreLoop:
         # before the timers that are due now.
         self.io_position = len(self.ready)
 
+        if not self.timers:
+            return 0
         end_time = monotonic() + self.clock_resolution
         while self.timers:
             th = <TimerHandle>self.timers[0]

@@ -115,13 +115,15 @@ cdef class IOManager:
         cdef unsigned want, need, size
         cdef int attempts = 0
         cdef bint shrink_deferred = False
-        self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
         while True:
             want = next_power_of_two(self.slab.live + 1)
             need = want if want < UL_SQ_MAX else UL_SQ_MAX
             size = self.ring.r.sq_entries
             if ring_size_fits(size, need):
                 break
+            # The credit is brought up to date only when it decides something: it grows
+            # with time alone between two resizes, and every resize is charged just below.
+            self.resize_budget.refill(monotonic(), self.ring.counters.resize_time)
             if size > need and self.resize_budget.credit < 0:
                 shrink_deferred = True
                 self.ring.counters.shrinks_deferred += 1
