@@ -203,6 +203,55 @@ def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
     assert observer.max_capacity == 512
 
 
+def test_a_busy_loop_after_resizes_makes_no_enter_it_does_not_need():
+    """A loop with callbacks always ready and no I/O finishing skips io_uring_enter at every
+    iteration (nothing to submit, nothing to collect), also after its ring was resized: the
+    kernel hands resized rings over with its deferred-work flag set, and the loop clears it."""
+    loop = uringloop.new_event_loop()
+    pairs = [socket.socketpair() for _ in range(40)]
+    for pair in pairs:
+        for s in pair:
+            s.setblocking(False)
+
+    async def grow_and_shrink():
+        waits = [loop._wait_readable(a) for a, _ in pairs]
+        await asyncio.sleep(0.01)
+        for _, b in pairs:
+            b.send(b'z')
+        await asyncio.gather(*waits)
+        return await ring_settled(loop)
+
+    def chain(n):
+        done = loop.create_future()
+        left = [n]
+
+        def step():
+            left[0] -= 1
+            if left[0]:
+                loop.call_soon(step)
+            else:
+                done.set_result(None)
+        loop.call_soon(step)
+        before = loop.ring_stats()
+        loop.run_until_complete(done)
+        after = loop.ring_stats()
+        return after.iterations - before.iterations, after.enters - before.enters
+
+    try:
+        fresh = chain(2000)
+        settled = loop.run_until_complete(grow_and_shrink())
+        resized = chain(2000)
+    finally:
+        loop.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert settled.resizes_up >= 1 and settled.resizes_down >= 1
+    for iterations, enters in (fresh, resized):
+        assert iterations >= 2000
+        assert enters <= 5, (iterations, enters)
+
+
 def test_pending_wavering_around_a_power_of_two_resizes_nothing():
     """Fifteen operations stay pending while a sixteenth comes and goes every round-trip, so
     the pending count crosses a power of two at every other iteration entry. The ring grows

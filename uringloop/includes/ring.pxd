@@ -56,6 +56,7 @@ cdef extern from "ring.h" nogil:
     int ul_ring_init_sqarray(ul_ring *ring, unsigned entries, int use_sq_array)
     int ul_ring_probe_opcode(ul_ring *ring, unsigned op)
     int ul_ring_probe_resize(ul_ring *ring)
+    int ul_queue_taskrun_reset(ul_ring *ring)
     int ul_ring_enable(ul_ring *ring)
     io_uring_sqe *ul_get_sqe(ul_ring *ring)
     unsigned ul_sq_queued(const ul_ring *ring)

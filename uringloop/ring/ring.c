@@ -254,6 +254,18 @@ int ul_ring_regrow_disabled(ul_ring *ring, unsigned sq_entries)
     return 0;
 }
 
+int ul_queue_taskrun_reset(ul_ring *ring)
+{
+    static const struct __kernel_timespec one_ns = {0, 1};
+    if (!(load_acquire(ring->sq_kflags) & IORING_SQ_TASKRUN))
+        return 0;
+    struct io_uring_sqe *sqe = ul_get_sqe(ring);
+    if (!sqe)
+        return 0;
+    ul_prep_rw(sqe, IORING_OP_TIMEOUT, -1, &one_ns, 1, 0, UL_IGNORED_USER_DATA);
+    return 1;
+}
+
 int ul_ring_enable(ul_ring *ring)
 {
     return sys_register(ring->fd, UL_REGISTER_ENABLE_RINGS, NULL, 0);

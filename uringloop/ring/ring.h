@@ -123,6 +123,14 @@ int ul_ring_enable(ul_ring *ring);
 
 /* NULL when all sq_entries slots hold SQEs the kernel has not consumed yet. */
 struct io_uring_sqe *ul_get_sqe(ul_ring *ring);
+/* The user_data of an SQE the ring layer makes for itself: no operation record has it. */
+#define UL_IGNORED_USER_DATA (~(uint64_t)0)
+/* Rings resized by the kernel come with IORING_SQ_TASKRUN set, and an enter clears it only when
+ * it runs deferred work: until then ul_has_work() is true and a busy loop that never waits
+ * makes one needless enter per iteration. This queues a 1 ns TIMEOUT (user_data
+ * UL_IGNORED_USER_DATA), which completes through deferred work when it is submitted and so
+ * clears the flag. Returns 1 if it queued one, 0 if the flag was clear or the SQ full. */
+int ul_queue_taskrun_reset(ul_ring *ring);
 unsigned ul_sq_queued(const ul_ring *ring);
 unsigned ul_kernel_sq_entries(const ul_ring *ring);
 

@@ -83,6 +83,9 @@ cdef class Ring:
                 ul_ring_exit(&self.r)
                 raise unavailable_error(-err, "IORING_REGISTER_RESIZE_RINGS")
             self.can_resize = err == 0 and not AS_OLDEST_KERNEL
+            if err == 0:
+                # Its SQE goes with the first enter, once the loop runs the ring.
+                ul_queue_taskrun_reset(&self.r)
             self.read_multishot = (ul_ring_probe_opcode(&self.r, OP_READ_MULTISHOT) == 1
                                    and not AS_OLDEST_KERNEL)
         self.opened = True
@@ -132,6 +135,10 @@ cdef class Ring:
                 self.check_mapped()
             raise OSError(-err, "IORING_REGISTER_RESIZE_RINGS to %d entries: %s"
                           % (sq_entries, strerror(-err).decode()))
+        if ul_queue_taskrun_reset(&self.r) and self.enabled:
+            # Submitted now rather than with the iteration's SQEs, where it would take the SQ
+            # slot of an operation (the fit just sized the SQ for those).
+            self.enter(0, 0)
         if sq_entries > before:
             self.counters.resizes_up += 1
         elif sq_entries < before:
