@@ -1,5 +1,6 @@
-# Layer 4, sockets: sock_* calls, and the loop methods that make stream transports (TCP, Unix,
-# pipes; transports/) and servers.
+# Layer 4, sockets: SocketOperations, the object behind the loop's sock_* calls (built on the
+# runner and FdWatches), and the loop methods that make stream transports (TCP, Unix, pipes;
+# transports/) and servers.
 #
 # The sock_recv* calls use readiness (a one-shot POLL_ADD on the ring) followed by the syscall,
 # not a RECV into the caller's memory: when the awaiting task is cancelled, the poll is
@@ -132,6 +133,9 @@ cdef class SocketOperations:
         self.fd_watches = fd_watches
         self.recv_skips = {}
 
+    # recv, recv_into, recvfrom, sendto: C calls that return when_ready's coroutine (no
+    # coroutine frame of their own).
+
     async def when_ready(self, sock, uint32_t events, str method, *args):
         # Every sock_recv* and sock_sendto: try now (see the top of this file for when a
         # receive does not); otherwise wait for readiness on the ring (a poll, so a cancelled
@@ -162,20 +166,21 @@ cdef class SocketOperations:
             except (BlockingIOError, InterruptedError):
                 pass
 
-    async def recv(self, sock, n):
+    cdef object recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
-        return await self.when_ready(sock, POLLIN, 'recv', n)
+        return self.when_ready(sock, POLLIN, 'recv', n)
 
-    async def recv_into(self, sock, buf):
+    cdef object recv_into(self, sock, buf):
         """Receive data from sock into buf; return the number of bytes written."""
-        return await self.when_ready(sock, POLLIN, 'recv_into', buf)
+        return self.when_ready(sock, POLLIN, 'recv_into', buf)
 
-    async def recvfrom(self, sock, bufsize):
+    cdef object recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize from sock; return (data, address)."""
-        return await self.when_ready(sock, POLLIN, 'recvfrom', bufsize)
+        return self.when_ready(sock, POLLIN, 'recvfrom', bufsize)
 
     async def recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; return (nbytes, address)."""
+        # A coroutine: len(buf) fails when awaited, as asyncio's does.
         return await self.when_ready(sock, POLLIN, 'recvfrom_into', buf, nbytes or len(buf))
 
     async def sendall(self, sock, data):
@@ -211,9 +216,9 @@ cdef class SocketOperations:
         fut.add_done_callback(op._on_future_done)
         await fut
 
-    async def sendto(self, sock, data, address):
+    cdef object sendto(self, sock, data, address):
         """Send a datagram to address through sock; return the number of bytes sent."""
-        return await self.when_ready(sock, POLLOUT, 'sendto', data, address)
+        return self.when_ready(sock, POLLOUT, 'sendto', data, address)
 
     async def connect(self, sock, address):
         """Connect sock to a remote address (resolved first for IP families)."""
