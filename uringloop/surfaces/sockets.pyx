@@ -1,5 +1,6 @@
-# Layer 4, sockets: sock_* calls, and the loop methods that make stream transports (TCP, Unix,
-# pipes; transports/) and servers.
+# Layer 4, sockets: SocketOperations, the object behind the loop's sock_* calls (built on the
+# runner and FdWatches), and the loop methods that make stream transports (TCP, Unix, pipes;
+# transports/) and servers.
 #
 # The sock_recv* calls use readiness (a one-shot POLL_ADD on the ring) followed by the syscall,
 # not a RECV into the caller's memory: when the awaiting task is cancelled, the poll is
@@ -119,71 +120,30 @@ cdef class SockSend(LoopOperation):
         self.release()
 
 
-cdef class SocketLoop(CoreLoop):
-    """CoreLoop plus fd readiness, sockets, stream transports and servers."""
+cdef class SocketOperations:
+    """The loop's sock_* calls: each tries the syscall and, when the socket is not ready,
+    waits for readiness on the ring (FdWatches), or sends from the caller's memory with a
+    SEND (SockSend)."""
+    cdef CoreLoop loop
     cdef FdWatches fd_watches
-    cdef public object _transports   # fd_watches.transports, named as asyncio's tests expect
-    cdef dict listeners              # listening fd -> AcceptOp
-    cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
     cdef dict recv_skips             # fd -> receives that skipped the try since one found nothing
 
-    def __cinit__(self):
-        self.fd_watches = FdWatches(self)
-        self._transports = self.fd_watches.transports
-        self.listeners = {}
+    def __cinit__(self, CoreLoop loop, FdWatches fd_watches):
+        self.loop = loop
+        self.fd_watches = fd_watches
         self.recv_skips = {}
-        self.unix_server_inodes = {}
 
-    def _buffer_ring_stats(self):
-        """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
-        ENOBUFS seen, publishes that put given-back buffers in front)."""
-        return self.io.bufpool.stats()
+    # recv, recv_into, recvfrom, sendto: C calls that return when_ready's coroutine (no
+    # coroutine frame of their own).
 
-    def _buffer_ring_next(self):
-        """Testing aid: the id of the buffer the kernel will fill next, as of the last enter
-        (None before any receive has been armed)."""
-        cdef BufGroup g = self.io.bufpool.current
-        if g is None:
-            return None
-        return ul_pbuf_ring_bid_at(&g.pbr, g.head)
-
-    # -- readiness (surfaces/readiness.pyx) ----------------------------------------------------
-
-    def add_reader(self, fd, callback, *args):
-        """Start watching fd for reading: callback(*args) runs while fd is readable."""
-        self.fd_watches.set_user_watch(fd, False, True, callback, args)
-
-    def remove_reader(self, fd):
-        """Stop watching fd for reading; return whether it was watched."""
-        return self.fd_watches.set_user_watch(fd, False, False, None, None)
-
-    def add_writer(self, fd, callback, *args):
-        """Start watching fd for writing: callback(*args) runs while fd is writable."""
-        self.fd_watches.set_user_watch(fd, True, True, callback, args)
-
-    def remove_writer(self, fd):
-        """Stop watching fd for writing; return whether it was watched."""
-        return self.fd_watches.set_user_watch(fd, True, False, None, None)
-
-    def _ensure_fd_no_transport(self, fd):
-        self.fd_watches.ensure_no_transport(fd)
-
-    def _wait_readable(self, fd):
-        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLIN)
-
-    def _wait_writable(self, fd):
-        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLOUT)
-
-    # -- low-level socket API -----------------------------------------------------------------
-
-    async def _when_ready(self, sock, uint32_t events, str method, *args):
+    async def when_ready(self, sock, uint32_t events, str method, *args):
         # Every sock_recv* and sock_sendto: try now (see the top of this file for when a
         # receive does not); otherwise wait for readiness on the ring (a poll, so a cancelled
         # call never loses data) and try again. The method is looked up at each try, as
         # asyncio does (its tests swap it between tries).
         cdef int fd
         cdef object skipped
-        _check_sock(self, sock)
+        _check_sock(self.loop, sock)
         fd = sock.fileno()
         skipped = self.recv_skips.get(fd) if events == POLLIN else None
         if skipped is None or <int>skipped >= SKIPPED_TRIES:
@@ -206,30 +166,31 @@ cdef class SocketLoop(CoreLoop):
             except (BlockingIOError, InterruptedError):
                 pass
 
-    async def sock_recv(self, sock, n):
+    cdef object recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
-        return await self._when_ready(sock, POLLIN, 'recv', n)
+        return self.when_ready(sock, POLLIN, 'recv', n)
 
-    async def sock_recv_into(self, sock, buf):
+    cdef object recv_into(self, sock, buf):
         """Receive data from sock into buf; return the number of bytes written."""
-        return await self._when_ready(sock, POLLIN, 'recv_into', buf)
+        return self.when_ready(sock, POLLIN, 'recv_into', buf)
 
-    async def sock_recvfrom(self, sock, bufsize):
+    cdef object recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize from sock; return (data, address)."""
-        return await self._when_ready(sock, POLLIN, 'recvfrom', bufsize)
+        return self.when_ready(sock, POLLIN, 'recvfrom', bufsize)
 
-    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+    async def recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; return (nbytes, address)."""
-        return await self._when_ready(sock, POLLIN, 'recvfrom_into', buf, nbytes or len(buf))
+        # A coroutine: len(buf) fails when awaited, as asyncio's does.
+        return await self.when_ready(sock, POLLIN, 'recvfrom_into', buf, nbytes or len(buf))
 
-    async def sock_sendall(self, sock, data):
+    async def sendall(self, sock, data):
         """Send all of data to sock; return None once everything was handed to the kernel.
         On error an exception is raised and there is no way to know how much was sent."""
         cdef SockSend op
         cdef Py_ssize_t sent = 0
-        _check_sock(self, sock)
+        _check_sock(self.loop, sock)
         fd = sock.fileno()
-        if fd < 0 or not self.io.batching:
+        if fd < 0 or not self.loop.io.batching:
             try:
                 sent = sock.send(data)  # for a closed socket: the error asyncio gives
             except (BlockingIOError, InterruptedError):
@@ -246,26 +207,27 @@ cdef class SocketLoop(CoreLoop):
         except BaseException:
             op.release()
             raise
-        attach(op, self)
+        attach(op, self.loop)
         op.fd = fd
         op.pinned = data
-        fut = self.create_future()
+        fut = self.loop.create_future()
         op.future = fut
         op.submit()
         fut.add_done_callback(op._on_future_done)
         await fut
 
-    async def sock_sendto(self, sock, data, address):
+    cdef object sendto(self, sock, data, address):
         """Send a datagram to address through sock; return the number of bytes sent."""
-        return await self._when_ready(sock, POLLOUT, 'sendto', data, address)
+        return self.when_ready(sock, POLLOUT, 'sendto', data, address)
 
-    async def sock_connect(self, sock, address):
+    async def connect(self, sock, address):
         """Connect sock to a remote address (resolved first for IP families)."""
-        _check_sock(self, sock)
+        _check_sock(self.loop, sock)
         if sock.family == socket.AF_INET or (
                 base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
-            resolved = await self._ensure_resolved(
-                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            resolved = await (<object>self.loop)._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto,
+                loop=self.loop)
             _, _, _, _, address = resolved[0]
         try:
             sock.connect(address)
@@ -279,9 +241,9 @@ cdef class SocketLoop(CoreLoop):
         if err != 0:
             raise OSError(err, f'Connect call failed {address}')
 
-    async def sock_accept(self, sock):
+    async def accept(self, sock):
         """Accept a connection on sock; return (conn, address) with conn non-blocking."""
-        _check_sock(self, sock)
+        _check_sock(self.loop, sock)
         fd = sock.fileno()
         first = True
         while True:
@@ -296,7 +258,7 @@ cdef class SocketLoop(CoreLoop):
                 first = False
             await self.fd_watches.wait_fd(fd, POLLIN)
 
-    async def _sock_sendfile_native(self, sock, file, offset, count):
+    async def sendfile(self, sock, file, offset, count):
         try:
             fileno = file.fileno()
         except (AttributeError, _io.UnsupportedOperation) as err:
@@ -339,6 +301,101 @@ cdef class SocketLoop(CoreLoop):
             if total > 0:
                 os.lseek(fileno, pos, os.SEEK_SET)
         return total
+
+
+cdef class SocketLoop(CoreLoop):
+    """CoreLoop plus fd readiness, sockets, stream transports and servers."""
+    cdef FdWatches fd_watches
+    cdef public object _transports   # fd_watches.transports, named as asyncio's tests expect
+    cdef dict listeners              # listening fd -> AcceptOp
+    cdef dict unix_server_inodes     # listening Unix socket -> inode of its path (3.13)
+    cdef SocketOperations sockets
+
+    def __cinit__(self):
+        self.fd_watches = FdWatches(self)
+        self._transports = self.fd_watches.transports
+        self.listeners = {}
+        self.sockets = SocketOperations(self, self.fd_watches)
+        self.unix_server_inodes = {}
+
+    def _buffer_ring_stats(self):
+        """Testing aid: (buffers in the current group, receives armed, grows, shrinks,
+        ENOBUFS seen, publishes that put given-back buffers in front)."""
+        return self.io.bufpool.stats()
+
+    def _buffer_ring_next(self):
+        """Testing aid: the id of the buffer the kernel will fill next, as of the last enter
+        (None before any receive has been armed)."""
+        cdef BufGroup g = self.io.bufpool.current
+        if g is None:
+            return None
+        return ul_pbuf_ring_bid_at(&g.pbr, g.head)
+
+    # -- readiness (surfaces/readiness.pyx) ----------------------------------------------------
+
+    def add_reader(self, fd, callback, *args):
+        """Start watching fd for reading: callback(*args) runs while fd is readable."""
+        self.fd_watches.set_user_watch(fd, False, True, callback, args)
+
+    def remove_reader(self, fd):
+        """Stop watching fd for reading; return whether it was watched."""
+        return self.fd_watches.set_user_watch(fd, False, False, None, None)
+
+    def add_writer(self, fd, callback, *args):
+        """Start watching fd for writing: callback(*args) runs while fd is writable."""
+        self.fd_watches.set_user_watch(fd, True, True, callback, args)
+
+    def remove_writer(self, fd):
+        """Stop watching fd for writing; return whether it was watched."""
+        return self.fd_watches.set_user_watch(fd, True, False, None, None)
+
+    def _ensure_fd_no_transport(self, fd):
+        self.fd_watches.ensure_no_transport(fd)
+
+    def _wait_readable(self, fd):
+        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLIN)
+
+    def _wait_writable(self, fd):
+        return self.fd_watches.wait_fd(fileobj_to_fd(fd), POLLOUT)
+
+    # -- low-level socket API (SocketOperations) ----------------------------------------------
+    # Each returns the object's coroutine: no coroutine frame of its own.
+
+    def sock_recv(self, sock, n):
+        """Receive up to n bytes from sock (non-blocking); return the data as bytes."""
+        return self.sockets.recv(sock, n)
+
+    def sock_recv_into(self, sock, buf):
+        """Receive data from sock into buf; return the number of bytes written."""
+        return self.sockets.recv_into(sock, buf)
+
+    def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of up to bufsize from sock; return (data, address)."""
+        return self.sockets.recvfrom(sock, bufsize)
+
+    def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into buf; return (nbytes, address)."""
+        return self.sockets.recvfrom_into(sock, buf, nbytes)
+
+    def sock_sendall(self, sock, data):
+        """Send all of data to sock; return None once everything was handed to the kernel.
+        On error an exception is raised and there is no way to know how much was sent."""
+        return self.sockets.sendall(sock, data)
+
+    def sock_sendto(self, sock, data, address):
+        """Send a datagram to address through sock; return the number of bytes sent."""
+        return self.sockets.sendto(sock, data, address)
+
+    def sock_connect(self, sock, address):
+        """Connect sock to a remote address (resolved first for IP families)."""
+        return self.sockets.connect(sock, address)
+
+    def sock_accept(self, sock):
+        """Accept a connection on sock; return (conn, address) with conn non-blocking."""
+        return self.sockets.accept(sock)
+
+    def _sock_sendfile_native(self, sock, file, offset, count):
+        return self.sockets.sendfile(sock, file, offset, count)
 
     async def _sendfile_native(self, transp, file, offset, count):
         # The socket is lent to sock_sendfile() for the duration: reading is paused (what
