@@ -75,11 +75,11 @@ cdef class AcceptOp(LoopOperation):
         self.retry_handle = None
         self.backing_off = False
         if not self.stopped and self.generation == 0 and \
-                not (<SocketLoop>self.loop).io.closing:
+                not (<NativeLoop>self.loop).io.closing:
             self.arm()
 
     cdef int complete(self, int32_t res, uint32_t flags, bint final) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef NativeLoop loop = <NativeLoop>self.loop
         try:
             if res >= 0:
                 if self.stopped or loop.closed_flag:
@@ -131,7 +131,7 @@ cdef class AcceptOp(LoopOperation):
             PyContext_Exit(context)
 
     cdef int accepted_in(self, int fd, context) except -1:
-        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef NativeLoop loop = <NativeLoop>self.loop
         listener = self.sock
         try:
             conn = socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
@@ -161,7 +161,7 @@ cdef class AcceptOp(LoopOperation):
         return 0
 
 
-async def _accept_tls(SocketLoop loop, AcceptOp op, conn, extra, context):
+async def _accept_tls(NativeLoop loop, AcceptOp op, conn, extra, context):
     protocol = None
     transport = None
     try:

@@ -101,11 +101,11 @@ class UDPTransport(asyncio_transports._FlowControlMixin, asyncio_transports.Data
                 return
             self._reading = wanted
         if wanted:
-            (<SocketLoop>self._loop).fd_watches.add(
+            (<NativeLoop>self._loop).fd_watches.add(
                 self._sock_fd, for_write, self._sendto_ready if for_write else self._read_ready,
                 ())
         else:
-            (<SocketLoop>self._loop).fd_watches.remove(self._sock_fd, for_write)
+            (<NativeLoop>self._loop).fd_watches.remove(self._sock_fd, for_write)
 
     # -- BaseTransport --------------------------------------------------------------------
 

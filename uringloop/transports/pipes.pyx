@@ -202,7 +202,7 @@ class WritePipeTransport(_PipeMixin, _TransportBase, _WritingMixin,
         return True
 
 
-cdef object new_pipe_transport(SocketLoop loop, pipe, protocol, waiter, extra, bint reading):
+cdef object new_pipe_transport(NativeLoop loop, pipe, protocol, waiter, extra, bint reading):
     cdef Stream s
     cdef WritePipeStream writer
     cls = ReadPipeTransport if reading else WritePipeTransport

@@ -252,7 +252,7 @@ class SocketTransport(_TransportBase, _ReadingMixin, _WritingMixin,
         return _stream(self).sock
 
 
-cdef object new_socket_transport(SocketLoop loop, sock, protocol, waiter, extra, server,
+cdef object new_socket_transport(NativeLoop loop, sock, protocol, waiter, extra, server,
                                  context=None):
     cdef Stream s = SocketStream.__new__(SocketStream)
     transport = SocketTransport.__new__(SocketTransport)

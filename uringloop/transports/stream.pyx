@@ -52,7 +52,7 @@ def _call_soon_later(loop, callback, args, context):
 cdef class Stream:
     """The state of one stream transport; its subclasses (SocketStream, ReadPipeStream,
     WritePipeStream) add their operation records and what their kind does differently."""
-    cdef SocketLoop loop
+    cdef NativeLoop loop
     cdef object transport          # the asyncio-facing object (strong until connection lost)
     cdef object protocol
     cdef object sock               # socket.socket or the pipe's file object
@@ -76,7 +76,7 @@ cdef class Stream:
         self.while_paused = ReceivedWhilePaused.__new__(ReceivedWhilePaused)
         self.write_queue = WriteQueue.__new__(WriteQueue)
 
-    cdef int init(self, SocketLoop loop, transport, sock, int fd, protocol, server,
+    cdef int init(self, NativeLoop loop, transport, sock, int fd, protocol, server,
                   context) except -1:
         self.loop = loop
         self.context = PyContext_CopyCurrent() if context is None else context

@@ -115,7 +115,7 @@ cdef class RecvOp(StreamOp):
         cdef Stream s = self.stream
         cdef BufGroup g = self.group
         cdef uint16_t bid
-        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef NativeLoop loop = <NativeLoop>self.loop
         if final:
             self.group = None
             self.leave_group(g)
@@ -151,7 +151,7 @@ cdef class RecvOp(StreamOp):
         After ECANCELED, re-arm only when asked to (the buffer pool moved the receive to a new
         group, or reading resumed before the pause's cancel landed): any other cancel comes
         from close() or from loop.close() draining the ring."""
-        cdef SocketLoop loop = <SocketLoop>self.loop
+        cdef NativeLoop loop = <NativeLoop>self.loop
         self.cancelling = False
         rearm = self.rearm
         self.rearm = False
