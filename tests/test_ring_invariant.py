@@ -170,26 +170,34 @@ def test_capacity_tracks_pending_at_every_iteration(plan):
     assert idle.submitted - idle.completed == 1
 
 
+def nonblocking_pairs(n):
+    pairs = [socket.socketpair() for _ in range(n)]
+    for pair in pairs:
+        for s in pair:
+            s.setblocking(False)
+    return pairs
+
+
+async def hold_then_release(loop, pairs):
+    """Wait for one end of every pair to be readable, then make them all readable: the ring
+    grows for the waits and shrinks back once they are done. Return the stats while they were
+    pending and once the ring has settled."""
+    waits = [loop._wait_readable(a) for a, _ in pairs]
+    await asyncio.sleep(0.01)
+    grown = loop.ring_stats()
+    for _, b in pairs:
+        b.send(b'z')
+    await asyncio.gather(*waits)
+    return grown, await ring_settled(loop)
+
+
 def test_ring_grows_with_hundreds_of_pending_reads_and_shrinks_back():
     loop = uringloop.new_event_loop()
     observer = EntryChecker()
     loop._set_iteration_observer(observer)
-    pairs = [socket.socketpair() for _ in range(500)]
-    for pair in pairs:
-        for s in pair:
-            s.setblocking(False)
-
-    async def main():
-        waits = [loop._wait_readable(a) for a, _ in pairs]
-        await asyncio.sleep(0.01)
-        grown = loop.ring_stats()
-        for _, b in pairs:
-            b.send(b'z')
-        await asyncio.gather(*waits)
-        return grown, await ring_settled(loop)
-
+    pairs = nonblocking_pairs(500)
     try:
-        grown, after = loop.run_until_complete(main())
+        grown, after = loop.run_until_complete(hold_then_release(loop, pairs))
     finally:
         loop.close()
         for a, b in pairs:
@@ -208,18 +216,7 @@ def test_a_busy_loop_after_resizes_makes_no_enter_it_does_not_need():
     iteration (nothing to submit, nothing to collect), also after its ring was resized: the
     kernel hands resized rings over with its deferred-work flag set, and the loop clears it."""
     loop = uringloop.new_event_loop()
-    pairs = [socket.socketpair() for _ in range(40)]
-    for pair in pairs:
-        for s in pair:
-            s.setblocking(False)
-
-    async def grow_and_shrink():
-        waits = [loop._wait_readable(a) for a, _ in pairs]
-        await asyncio.sleep(0.01)
-        for _, b in pairs:
-            b.send(b'z')
-        await asyncio.gather(*waits)
-        return await ring_settled(loop)
+    pairs = nonblocking_pairs(40)
 
     def chain(n):
         done = loop.create_future()
@@ -239,7 +236,7 @@ def test_a_busy_loop_after_resizes_makes_no_enter_it_does_not_need():
 
     try:
         fresh = chain(2000)
-        settled = loop.run_until_complete(grow_and_shrink())
+        _, settled = loop.run_until_complete(hold_then_release(loop, pairs))
         resized = chain(2000)
     finally:
         loop.close()
