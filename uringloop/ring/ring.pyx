@@ -135,14 +135,15 @@ cdef class Ring:
                 self.check_mapped()
             raise OSError(-err, "IORING_REGISTER_RESIZE_RINGS to %d entries: %s"
                           % (sq_entries, strerror(-err).decode()))
-        if ul_queue_taskrun_reset(&self.r) and self.enabled:
-            # Submitted now rather than with the iteration's SQEs, where it would take the SQ
-            # slot of an operation (the fit just sized the SQ for those).
-            self.enter(0, 0)
         if sq_entries > before:
             self.counters.resizes_up += 1
         elif sq_entries < before:
             self.counters.resizes_down += 1
+        if ul_queue_taskrun_reset(&self.r) and self.enabled:
+            # Submitted now rather than with the iteration's SQEs, where it would take the SQ
+            # slot of an operation (the fit just sized the SQ for those). Last, so that a
+            # signal raised from the enter finds the resize fully accounted.
+            self.enter(0, 0)
         return 0
 
     cdef int regrow_disabled(self, unsigned sq_entries) except -1:
