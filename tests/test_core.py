@@ -13,6 +13,7 @@ import time
 import weakref
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import uringloop
 
@@ -91,6 +92,63 @@ def test_many_cancelled_timers_are_dropped(loop):
     assert len(scheduled) <= 600
     for h in handles[900:]:
         h.cancel()
+
+
+# One step of a timer plan: schedule at a past deadline (it fires at the next iteration) or a
+# far one (it stays in the heap), cancel the n-th handle scheduled so far, or run an iteration.
+timer_steps = st.one_of(
+    st.tuples(st.just('past'), st.integers(0, 15)),
+    st.tuples(st.just('far'), st.integers(0, 15)),
+    st.tuples(st.just('cancel'), st.integers(0, 10_000)),
+    st.tuples(st.just('iterate'), st.just(0)),
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plan=st.lists(st.tuples(timer_steps, st.integers(1, 40)), max_size=25))
+def test_timers_fire_in_deadline_then_fifo_order(loop_factory, plan):
+    """Every iteration fires the due timers, and only those not cancelled, in deadline order,
+    whatever mix of scheduling, cancelling (enough to compact the heap) and iterating came
+    before. uringloop (as uvloop) also keeps equal deadlines in the order they were scheduled;
+    asyncio's heap does not."""
+    loop = loop_factory()
+    fifo = isinstance(loop, uringloop.Loop)
+    try:
+        base = loop.time()
+        fired, handles, pending = [], [], {}
+
+        def iterate():
+            loop.stop()
+            loop.run_forever()
+            expected = sorted(pending, key=lambda i: (pending[i], i))
+            if fifo:
+                assert fired == expected
+            else:
+                assert sorted(fired) == sorted(expected)
+                assert [pending[i] for i in fired] == [pending[i] for i in expected]
+            fired.clear()
+            pending.clear()
+
+        for (kind, arg), repeat in plan:
+            for _ in range(repeat):
+                if kind == 'cancel' and handles:
+                    index = arg % len(handles)
+                    handles[index].cancel()
+                    pending.pop(index, None)
+                elif kind in ('past', 'far'):
+                    index = len(handles)
+                    when = base - 1 + arg * 1e-3 if kind == 'past' else base + 3600 + arg
+                    handles.append(loop.call_at(when, fired.append, index))
+                    if kind == 'past':
+                        pending[index] = when
+            if kind == 'iterate':
+                iterate()
+        iterate()
+        for h in handles:
+            h.cancel()
+    finally:
+        loop.close()
 
 
 def test_call_later_none_delay_is_type_error(loop):

@@ -5,6 +5,7 @@
 
 cimport cython
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t
+from cpython.object cimport PyObject
 
 from uringloop.includes.ring cimport ul_ring, ul_cqe, io_uring_sqe, ul_pbuf_ring
 
@@ -150,8 +151,29 @@ cdef class Handle:
 
 cdef class TimerHandle(Handle):
     cdef double when_
-    cdef uint64_t seq
-    cdef bint scheduled
+    cdef bint scheduled            # in its loop's TimerHeap
+
+
+cdef struct TimerKey:
+    double when
+    uint64_t seq                  # order of scheduling: FIFO among equal deadlines
+
+
+@cython.final
+cdef class TimerHeap:
+    cdef list handles              # TimerHandles in heap order (loop._scheduled)
+    cdef TimerKey *keys            # keys[i] belongs to handles[i]
+    cdef Py_ssize_t key_capacity
+    cdef uint64_t next_seq
+    cdef Py_ssize_t cancelled      # cancelled handles still in the heap
+
+    cdef int reserve(self, Py_ssize_t n) except -1
+    cdef int push(self, TimerHandle th) except -1
+    cdef TimerHandle pop(self)
+    cdef void sift_down(self, PyObject **items, Py_ssize_t pos, Py_ssize_t n, TimerKey key,
+                        PyObject *handle) noexcept
+    cdef int drop_cancelled(self) except -1
+    cdef void clear(self)
 
 
 cdef class ResizeBudget:
@@ -202,9 +224,7 @@ cdef class CoreLoop:
     cdef list ready_spare
     cdef Py_ssize_t io_position    # handles of the batch that run before its completions
     cdef object ready_threadsafe   # collections.deque: appended from other threads
-    cdef list timers               # binary heap of TimerHandle ordered by (when_, seq)
-    cdef uint64_t timer_seq
-    cdef Py_ssize_t timers_cancelled
+    cdef TimerHeap timers
     cdef bint closed_flag
     cdef bint stopping_flag
     cdef bint running_flag
@@ -223,9 +243,6 @@ cdef class CoreLoop:
     cdef int run_handle(self, Handle h) except -1
     cdef void wake(self)
     cdef TimerHandle schedule_timer(self, double when, callback, tuple args, context)
-    cdef int push_timer(self, TimerHandle th) except -1
-    cdef TimerHandle pop_timer(self)
-    cdef int rebuild_timers(self) except -1
     cdef int run_once(self) except -1
     cdef int poll(self) except -1
     cdef int run_ready(self) except -1

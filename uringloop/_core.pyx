@@ -46,6 +46,7 @@ include "ops/operation.pyx"
 include "ops/io_manager.pyx"
 # Layer 3, the loop core: handles, the ready queue, timers, the iteration, close.
 include "loop/handles.pyx"
+include "loop/timer_heap.pyx"
 include "loop/core.pyx"
 # Layer 4, I/O surfaces: fd readiness, sock_*, stream transports, servers, signals, UDP,
 # subprocesses.

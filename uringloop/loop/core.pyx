@@ -70,7 +70,7 @@ cdef class CoreLoop:
         self.ready = []
         self.ready_spare = []
         self.ready_threadsafe = collections.deque()
-        self.timers = []
+        self.timers = TimerHeap()
         self.closed_flag = True        # until the ring exists: __del__ must not warn
         self.wakeup_fd = -1
 
@@ -126,7 +126,7 @@ cdef class CoreLoop:
 
     @property
     def _scheduled(self):
-        return self.timers
+        return self.timers.handles
 
     @_scheduled.setter
     def _scheduled(self, value):
@@ -249,7 +249,7 @@ cdef class CoreLoop:
         if self.debug_flag:
             th.source_traceback = format_helpers.extract_stack(sys._getframe(0))
         th.when_ = when
-        self.push_timer(th)
+        self.timers.push(th)
         return th
 
     def create_future(self):
@@ -258,69 +258,7 @@ cdef class CoreLoop:
 
     def _timer_handle_cancelled(self, handle):
         if (<TimerHandle>handle).scheduled:
-            self.timers_cancelled += 1
-
-    cdef int push_timer(self, TimerHandle th) except -1:
-        cdef list heap = self.timers
-        cdef Py_ssize_t pos, parent
-        cdef TimerHandle p
-        th.seq = self.timer_seq
-        self.timer_seq += 1
-        th.scheduled = True
-        heap.append(th)
-        pos = len(heap) - 1
-        while pos > 0:
-            parent = (pos - 1) >> 1
-            p = <TimerHandle>heap[parent]
-            if p.when_ < th.when_ or (p.when_ == th.when_ and p.seq < th.seq):
-                break
-            heap[pos] = p
-            pos = parent
-        heap[pos] = th
-        return 0
-
-    cdef TimerHandle pop_timer(self):
-        cdef list heap = self.timers
-        cdef TimerHandle top = <TimerHandle>heap[0]
-        cdef TimerHandle last = <TimerHandle>heap.pop()
-        cdef Py_ssize_t n = len(heap), pos = 0, child
-        cdef TimerHandle c, r
-        top.scheduled = False
-        if n == 0:
-            return top
-        while True:
-            child = 2 * pos + 1
-            if child >= n:
-                break
-            c = <TimerHandle>heap[child]
-            if child + 1 < n:
-                r = <TimerHandle>heap[child + 1]
-                if r.when_ < c.when_ or (r.when_ == c.when_ and r.seq < c.seq):
-                    child += 1
-                    c = r
-            if last.when_ < c.when_ or (last.when_ == c.when_ and last.seq < c.seq):
-                break
-            heap[pos] = c
-            pos = child
-        heap[pos] = last
-        return top
-
-    cdef int rebuild_timers(self) except -1:
-        cdef list live = []
-        cdef TimerHandle th
-        for th in self.timers:
-            if th.is_cancelled:
-                th.scheduled = False
-            else:
-                live.append(th)
-        self.timers = []
-        self.timers_cancelled = 0
-        # Re-push in (when, seq) order keeps FIFO among equal deadlines.
-        live.sort(key=_timer_key)
-        for th in live:
-            self.timers.append(th)
-            th.scheduled = True
-        return 0
+            self.timers.cancelled += 1
 
     def stop(self):
         """Stop running the event loop after the current iteration."""
@@ -386,24 +324,26 @@ cdef class CoreLoop:
     cdef int poll(self) except -1:
         """Submit what is queued, wait for the first completion (or the next timer), and turn
         completions, cross-thread calls and due timers into the next batch."""
-        cdef Py_ssize_t ntimers
+        cdef TimerHeap timers = self.timers
+        cdef list heap = timers.handles
+        cdef Py_ssize_t ntimers = len(heap)
         cdef TimerHandle th
         cdef double timeout, end_time
         cdef long long timeout_ns
 
-        ntimers = len(self.timers)
         if (ntimers > MIN_CANCELLED_TIMERS and
-                self.timers_cancelled > ntimers * MIN_CANCELLED_FRACTION):
-            self.rebuild_timers()
+                timers.cancelled > ntimers * MIN_CANCELLED_FRACTION):
+            timers.drop_cancelled()
+            heap = timers.handles
         else:
-            while self.timers and (<TimerHandle>self.timers[0]).is_cancelled:
-                self.pop_timer()
-                self.timers_cancelled -= 1
+            while heap and (<TimerHandle>heap[0]).is_cancelled:
+                timers.pop()
+                timers.cancelled -= 1
 
         if self.ready or self.ready_threadsafe or self.stopping_flag:
             timeout_ns = 0
-        elif self.timers:
-            timeout = (<TimerHandle>self.timers[0]).when_ - monotonic()
+        elif heap:
+            timeout = timers.keys[0].when - monotonic()
             if timeout < 0:
                 timeout = 0
             elif timeout > MAXIMUM_WAIT:
@@ -420,19 +360,17 @@ cdef class CoreLoop:
         # before the timers that are due now.
         self.io_position = len(self.ready)
 
-        if not self.timers:
+        if not heap:
             return 0
         end_time = monotonic() + self.clock_resolution
-        while self.timers:
-            th = <TimerHandle>self.timers[0]
-            if th.is_cancelled:
-                self.pop_timer()
-                self.timers_cancelled -= 1
-                continue
-            if th.when_ >= end_time:
+        while heap:
+            if timers.keys[0].when >= end_time:
                 break
-            self.pop_timer()
-            self.ready.append(th)
+            th = timers.pop()
+            if th.is_cancelled:
+                timers.cancelled -= 1
+            else:
+                self.ready.append(th)
         return 0
 
     cdef int run_ready(self) except -1:
@@ -551,7 +489,3 @@ cdef class CoreLoop:
         if self.wakeup_fd >= 0:
             fd_close(self.wakeup_fd)
             self.wakeup_fd = -1
-
-
-def _timer_key(TimerHandle th):
-    return (th.when_, th.seq)

@@ -131,7 +131,7 @@ cdef class TimerHandle(Handle):
 
     def cancel(self):
         if not self.is_cancelled and self.scheduled and self.loop is not None:
-            self.loop.timers_cancelled += 1
+            self.loop.timers.cancelled += 1
         Handle.cancel(self)
 
     cdef list repr_parts(self):
