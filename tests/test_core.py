@@ -151,6 +151,27 @@ def test_timers_fire_in_deadline_then_fifo_order(loop_factory, plan):
         loop.close()
 
 
+def test_changing_scheduled_from_outside_leaves_the_timers_alone():
+    """loop._scheduled is asyncio's private heap; code that edits it (time-travel test
+    helpers do) must not desynchronize uringloop's heap from its keys."""
+    loop = uringloop.new_event_loop()
+    try:
+        fired = []
+        base = loop.time()
+        for i in range(3):
+            loop.call_at(base - 1 + i * 1e-3, fired.append, i)
+        scheduled = loop._scheduled
+        assert len(scheduled) == 3
+        scheduled.clear()
+        scheduled.append(object())
+        loop.stop()
+        loop.run_forever()
+        assert fired == [0, 1, 2]
+        assert loop._scheduled == []
+    finally:
+        loop.close()
+
+
 def test_call_later_none_delay_is_type_error(loop):
     with pytest.raises(TypeError):
         loop.call_later(None, lambda: None)

@@ -126,7 +126,7 @@ cdef class CoreLoop:
 
     @property
     def _scheduled(self):
-        return self.timers.handles
+        return list(self.timers.handles)
 
     @_scheduled.setter
     def _scheduled(self, value):

@@ -1,10 +1,11 @@
 # The loop's timers: a binary min-heap ordered by (deadline, order of scheduling), so equal
-# deadlines fire in FIFO order as in asyncio.
+# deadlines fire in FIFO order, as on uvloop (asyncio's heap compares deadlines only).
 #
-# The handles live in a Python list (GC-visible, and what `loop._scheduled` shows, in heap
-# order as asyncio's is). Their keys live beside it in a C array kept in the same order: a
-# sift compares keys that sit next to each other in memory instead of reaching into every
-# handle it passes, and moves pointers within the list without touching reference counts.
+# The handles live in a Python list, in heap order, which the GC sees. Their keys live beside
+# it in a C array kept in the same order: a sift compares keys that sit next to each other in
+# memory instead of reaching into every handle it passes, and moves pointers within the list
+# without touching reference counts. Nothing outside this class may change that list, so
+# `loop._scheduled` gets a copy of it.
 
 from libc.stdlib cimport malloc, realloc, free
 from cpython.ref cimport Py_INCREF, Py_DECREF
@@ -114,12 +115,14 @@ cdef class TimerHeap:
                 self.keys[len(live)] = self.keys[i]
                 live.append(th)
             i += 1
-        self.handles = live
         self.cancelled = 0
         n = len(live)
         items = (<PyListObject *>live).ob_item
         for i in reversed(range(n // 2)):
             self.sift_down(items, i, n, self.keys[i], items[i])
+        # Last: dropping the old list may free a cancelled handle whose callback's finalizer
+        # schedules a timer, which must find a whole heap.
+        self.handles = live
         return 0
 
     cdef void clear(self):
