@@ -1,6 +1,7 @@
 # Declarations of the core's cdef classes that more than one layer of DESIGN.md uses:
 # ring (ring/ring.pyx, ring/bufring.pyx), operations and the I/O manager (ops/operation.pyx,
-# ops/io_manager.pyx), the loop core (loop/handles.pyx, loop/core.pyx). Every .pyx file is included into _core.pyx so calls
+# ops/io_manager.pyx), the loop core (loop/handles.pyx, loop/timer_heap.pyx,
+# loop/core.pyx). Every .pyx file is included into _core.pyx so calls
 # between layers stay C calls.
 
 cimport cython

@@ -7,7 +7,7 @@
 # without touching reference counts. Nothing outside this class may change that list, so
 # `loop._scheduled` gets a copy of it.
 
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport realloc, free
 from cpython.ref cimport Py_INCREF, Py_DECREF
 
 cdef extern from "Python.h":
